@@ -1,0 +1,376 @@
+//! Envelope encryption, ciphertext format v1 (normative spec: `docs/format.md`).
+//!
+//! Each message is sealed under a **data key**; the data key is stored in the message
+//! header only **wrapped** by one or more KEKs (see [`crate::provider`]). From the data key
+//! and a random 32-byte salt, HKDF-SHA256 derives a one-time message key, a nonce prefix
+//! and a **key commitment** that is checked (in constant time) before any plaintext is
+//! released. The **encryption context** is bound into that derivation, so the wrong
+//! context fails the same check. The body is a sequence of AES-256-GCM **segments**
+//! (STREAM construction), so large objects stream in constant memory, open at random
+//! offsets and seal in parallel with byte-identical output.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use crypto_core::envelope::{EncryptionContext, Envelope};
+//! use crypto_core::keys::Keyring;
+//! use crypto_core::provider::LocalProvider;
+//!
+//! let keyring = Arc::new(Keyring::in_memory());
+//! keyring.create_key("tenant-a/db")?;
+//! let envelope = Envelope::new(LocalProvider::new(keyring.clone()));
+//! let ctx = EncryptionContext::new().with("tenant", "a").with("column", "ssn");
+//!
+//! let sealed = envelope.seal("tenant-a/db", &ctx, b"078-05-1120")?;
+//! assert_eq!(envelope.open(&ctx, &sealed)?, b"078-05-1120");
+//!
+//! keyring.rotate("tenant-a/db")?;                  // new primary version 2
+//! let rewrapped = envelope.rewrap(&sealed)?;       // body bytes untouched
+//! assert_eq!(envelope.inspect(&rewrapped)?.key_version(), 2);
+//! assert_eq!(envelope.open(&ctx, &rewrapped)?, b"078-05-1120");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod context;
+mod header;
+mod message;
+mod stream;
+
+use std::io::{Read, Seek, Write};
+
+pub use context::{EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_LEN};
+pub use header::{
+    Form, Header, COMMITMENT_LEN, DEFAULT_SEGMENT_SIZE, FORM_COMPACT, FORM_STREAM, MAGIC, MAX_COMPACT_PLAINTEXT,
+    MAX_SEGMENT_SIZE, MAX_WRAPPED_KEYS, MIN_SEGMENT_SIZE, SALT_LEN, SUITE_AES256GCM_HKDF_SHA256, VERSION_1,
+};
+pub(crate) use message::Geometry;
+pub use message::MessageSealer;
+pub use stream::{DecryptingReader, EncryptingWriter, SeekableDecryptor};
+
+use crate::aead::{Backend, TAG_LEN};
+use crate::provider::{KeyProvider, ProviderError};
+use crate::secret::DataKey;
+use message::MessageKeys;
+
+/// Why sealing or opening failed.
+///
+/// Authentication failures are deliberately coarse: they say *which part* failed (header
+/// or which segment) but never why, so they cannot serve as a decryption oracle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The bytes are not a well-formed v1 message (the detail names the field).
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    /// The message is of a format version this library does not know.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    /// The message uses an unknown algorithm suite.
+    #[error("unsupported algorithm suite {0:#04x}")]
+    UnsupportedSuite(u8),
+    /// The message uses an unknown body form.
+    #[error("unsupported body form {0:#04x}")]
+    UnsupportedForm(u8),
+    /// The message ends early: a cut inside the header, or after a segment that is not the
+    /// final one. (A cut inside a segment surfaces as [`EnvelopeError::SegmentAuthentication`].)
+    #[error("ciphertext is truncated")]
+    Truncated,
+    /// Bytes follow the final segment.
+    #[error("data after the final segment")]
+    TrailingData,
+    /// The key commitment did not match: the encryption context differs from the one used
+    /// to seal, the header was modified, or the data key is not the one sealed under.
+    #[error("header authentication failed: wrong encryption context, wrong key, or modified header")]
+    HeaderAuthentication,
+    /// A segment failed authentication: modified, reordered, or taken from another message.
+    #[error("segment {index} failed authentication")]
+    SegmentAuthentication {
+        /// Zero-based segment index.
+        index: u64,
+    },
+    /// The data key could not be wrapped or unwrapped (unknown, disabled or destroyed key
+    /// version, below `min_decrypt_version`, provider failure).
+    #[error("data key unavailable: {0}")]
+    Key(#[from] ProviderError),
+    /// The encryption context cannot be encoded.
+    #[error("invalid encryption context: {0}")]
+    InvalidContext(&'static str),
+    /// Segment size outside 16 B ..= 16 MiB.
+    #[error("segment size {0} outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}")]
+    InvalidSegmentSize(u32),
+    /// The input exceeds a format limit.
+    #[error("too large: {0}")]
+    TooLarge(&'static str),
+    /// A segment index past the end of the message.
+    #[error("segment {index} out of range (message has {count})")]
+    SegmentOutOfRange {
+        /// Index asked for.
+        index: u64,
+        /// Segments in the message.
+        count: u64,
+    },
+    /// Reading or writing the underlying stream failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl EnvelopeError {
+    /// The envelope error carried inside an `io::Error` returned by the streaming types.
+    pub fn from_io(e: &std::io::Error) -> Option<&EnvelopeError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<EnvelopeError>())
+    }
+
+    pub(crate) fn into_io(self) -> std::io::Error {
+        match self {
+            EnvelopeError::Io(e) => e,
+            EnvelopeError::Truncated => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, self),
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+/// Options for sealing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealOptions {
+    /// Plaintext bytes per segment of the stream form (default 64 KiB).
+    pub segment_size: u32,
+    /// AES-GCM backend (default aws-lc).
+    pub backend: Backend,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        Self { segment_size: DEFAULT_SEGMENT_SIZE, backend: Backend::default() }
+    }
+}
+
+/// Seals and opens messages with data keys from a [`KeyProvider`].
+///
+/// Wrap the provider in [`crate::cache::CachingProvider`] to reuse data keys across
+/// messages (each message still gets its own derived key).
+#[derive(Debug, Clone)]
+pub struct Envelope<P> {
+    provider: P,
+    options: SealOptions,
+}
+
+impl<P: KeyProvider> Envelope<P> {
+    /// An envelope over `provider` with default options.
+    pub fn new(provider: P) -> Self {
+        Self { provider, options: SealOptions::default() }
+    }
+
+    /// Replaces the options (segment size, backend).
+    pub fn with_options(mut self, options: SealOptions) -> Result<Self, EnvelopeError> {
+        header::validate_segment_size(options.segment_size)?;
+        self.options = options;
+        Ok(self)
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SealOptions {
+        &self.options
+    }
+
+    /// Prepares a new message of `form` under `key_name`.
+    pub fn sealer(&self, key_name: &str, context: &EncryptionContext, form: Form) -> Result<MessageSealer, EnvelopeError> {
+        self.sealer_for(key_name, context, form, None)
+    }
+
+    fn sealer_for(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        form: Form,
+        plaintext_len: Option<usize>,
+    ) -> Result<MessageSealer, EnvelopeError> {
+        let generated = self.provider.data_key_for_message(key_name, plaintext_len.map(|n| n as u64))?;
+        MessageSealer::new(self.options.backend, &generated.data_key, generated.wrapped, context, form)
+    }
+
+    fn stream_form(&self) -> Form {
+        Form::Stream { segment_size: self.options.segment_size }
+    }
+
+    /// Seals `plaintext` in the segmented (stream) form.
+    pub fn seal(&self, key_name: &str, context: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal(plaintext)
+    }
+
+    /// Seals `plaintext` (at most 16 MiB) in the compact single-segment form.
+    pub fn seal_compact(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        self.sealer_for(key_name, context, Form::Compact, Some(plaintext.len()))?.seal(plaintext)
+    }
+
+    /// Parses the header (no key needed): which key and version, form, segment size.
+    pub fn inspect(&self, ciphertext: &[u8]) -> Result<Header, EnvelopeError> {
+        Ok(Header::parse(ciphertext)?.0)
+    }
+
+    /// Unwraps the data key of `header` and derives and checks the message keys.
+    pub(crate) fn open_header(&self, header: &Header, context: &EncryptionContext) -> Result<MessageKeys, EnvelopeError> {
+        let data_key = self.provider.unwrap(&header.wrapped)?;
+        message_keys(self.options.backend, &data_key, header, context)
+    }
+
+    /// Opens a whole message (either form). No plaintext is returned unless every segment
+    /// authenticated; on failure the partially decrypted buffer is zeroized.
+    pub fn open(&self, context: &EncryptionContext, ciphertext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let (header, header_len) = Header::parse(ciphertext)?;
+        let keys = self.open_header(&header, context)?;
+        open_body(&keys, &header, &ciphertext[header_len..])
+    }
+
+    /// Opens only segment `index` of a message held in memory, without decrypting the
+    /// others. Authenticates that segment and the header; whether the message is complete
+    /// is checked only when the final segment is opened.
+    pub fn open_segment(
+        &self,
+        context: &EncryptionContext,
+        ciphertext: &[u8],
+        index: u64,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let (header, header_len) = Header::parse(ciphertext)?;
+        let body = &ciphertext[header_len..];
+        let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
+        if index >= geometry.segments {
+            return Err(EnvelopeError::SegmentOutOfRange { index, count: geometry.segments });
+        }
+        let keys = self.open_header(&header, context)?;
+        let start = index as usize * geometry.stride();
+        let end = (start + geometry.stride()).min(body.len());
+        let mut out = vec![0u8; end - start - TAG_LEN];
+        keys.open_segment_checked(index as u32, index + 1 == geometry.segments, &body[start..end], &mut out)?;
+        Ok(out)
+    }
+
+    /// Re-wraps the data key under the **primary** version of the message's key and returns
+    /// the new message: new header, the very same body bytes. Needs no encryption context.
+    pub fn rewrap(&self, ciphertext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let (new_header, old_len) = self.rewrap_header(ciphertext)?;
+        let mut out = Vec::with_capacity(new_header.len() + ciphertext.len() - old_len);
+        out.extend_from_slice(&new_header);
+        out.extend_from_slice(&ciphertext[old_len..]);
+        Ok(out)
+    }
+
+    /// Rewrap for stored objects: given at least the header bytes of a message, returns the
+    /// new header and the length of the old one, so a store can replace `[0, old_len)` and
+    /// keep the body where it is.
+    pub fn rewrap_header(&self, ciphertext_prefix: &[u8]) -> Result<(Vec<u8>, usize), EnvelopeError> {
+        let (mut header, old_len) = Header::parse(ciphertext_prefix)?;
+        let data_key = self.provider.unwrap(&header.wrapped)?;
+        header.wrapped = self.provider.wrap(&header.wrapped[0].key_name.clone(), &data_key)?;
+        header::validate_wrapped(&header.wrapped)?;
+        Ok((header.encode(), old_len))
+    }
+
+    /// Rewraps a message from `reader` into `writer`, copying the body through unchanged.
+    /// Returns the number of bytes written.
+    pub fn rewrap_stream<R: Read, W: Write>(&self, mut reader: R, mut writer: W) -> Result<u64, EnvelopeError> {
+        let mut header = Header::read_from(&mut reader)?;
+        let data_key = self.provider.unwrap(&header.wrapped)?;
+        header.wrapped = self.provider.wrap(&header.wrapped[0].key_name.clone(), &data_key)?;
+        header::validate_wrapped(&header.wrapped)?;
+        let encoded = header.encode();
+        writer.write_all(&encoded)?;
+        let body = std::io::copy(&mut reader, &mut writer)?;
+        writer.flush()?;
+        Ok(encoded.len() as u64 + body)
+    }
+
+    /// A writer that seals everything written to it into `inner` (stream form).
+    /// [`EncryptingWriter::finish`] MUST be called: without it the message is truncated.
+    pub fn encrypting_writer<W: Write>(
+        &self,
+        inner: W,
+        key_name: &str,
+        context: &EncryptionContext,
+    ) -> Result<EncryptingWriter<W>, EnvelopeError> {
+        let sealer = self.sealer(key_name, context, self.stream_form())?;
+        EncryptingWriter::new(inner, sealer)
+    }
+
+    /// A reader that opens a message from `inner`, one authenticated segment at a time.
+    pub fn decrypting_reader<R: Read>(
+        &self,
+        mut inner: R,
+        context: &EncryptionContext,
+    ) -> Result<DecryptingReader<R>, EnvelopeError> {
+        let header = Header::read_from(&mut inner)?;
+        let keys = self.open_header(&header, context)?;
+        DecryptingReader::new(inner, &header, keys)
+    }
+
+    /// A random-access reader (`Read + Seek` over the plaintext). Checks the final segment
+    /// when created, so a truncated message is rejected up front.
+    pub fn seekable_decryptor<R: Read + Seek>(
+        &self,
+        mut inner: R,
+        context: &EncryptionContext,
+    ) -> Result<SeekableDecryptor<R>, EnvelopeError> {
+        inner.rewind()?;
+        let header = Header::read_from(&mut inner)?;
+        let keys = self.open_header(&header, context)?;
+        SeekableDecryptor::new(inner, &header, keys)
+    }
+}
+
+/// Derives the message keys of `header` under `data_key` and checks the commitment.
+pub(crate) fn message_keys(
+    backend: Backend,
+    data_key: &DataKey,
+    header: &Header,
+    context: &EncryptionContext,
+) -> Result<MessageKeys, EnvelopeError> {
+    let ctx = context.canonical_bytes()?;
+    let keys = MessageKeys::derive(backend, data_key, &header.immutable_prefix(), &header.salt, &ctx);
+    keys.verify_commitment(&header.commitment)?;
+    Ok(keys)
+}
+
+/// Opens a whole body on the calling thread.
+pub(crate) fn open_body(keys: &MessageKeys, header: &Header, body: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
+    let mut out = vec![0u8; geometry.plaintext_len(body.len())];
+    let result = open_body_into(keys, &geometry, body, &mut out);
+    if let Err(e) = result {
+        zeroize::Zeroize::zeroize(&mut out);
+        return Err(e);
+    }
+    Ok(out)
+}
+
+pub(crate) fn open_body_into(
+    keys: &MessageKeys,
+    geometry: &Geometry,
+    body: &[u8],
+    out: &mut [u8],
+) -> Result<(), EnvelopeError> {
+    let n = geometry.segments;
+    for (i, (sealed, pt)) in body.chunks(geometry.stride()).zip(out.chunks_mut(geometry.segment_size).chain(std::iter::once(&mut [][..]))).enumerate() {
+        keys.open_segment_checked(i as u32, i as u64 + 1 == n, sealed, pt)?;
+    }
+    Ok(())
+}
+
+/// Opens a message with an already-unwrapped data key (used by caches and the bulk engine).
+pub fn open_with_data_key(
+    backend: Backend,
+    data_key: &DataKey,
+    context: &EncryptionContext,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
+    let (header, header_len) = Header::parse(ciphertext)?;
+    let keys = message_keys(backend, data_key, &header, context)?;
+    open_body(&keys, &header, &ciphertext[header_len..])
+}

@@ -1,0 +1,45 @@
+//! # crypto-core
+//!
+//! Envelope encryption for stored data: data keys wrapped by versioned key-encryption
+//! keys (KEKs), a documented self-describing ciphertext format (v1, `docs/format.md`) with
+//! key commitment, encryption context and random-access segments; key rotation, rewrap
+//! and crypto-shredding; bulk AES-256-GCM on all cores.
+//!
+//! The public interface is:
+//!
+//! * [`envelope`]: seal/open (one-shot, compact, streaming, random access), rewrap, the
+//!   [`envelope::EncryptionContext`] and the format's constants and errors.
+//! * [`keys`]: named, versioned KEKs and their lifecycle ([`keys::Keyring`]).
+//! * [`provider`]: [`provider::KeyProvider`] with the local and multi providers.
+//! * [`cache`]: a bounded data-key cache with refresh-ahead.
+//! * [`bulk`]: all-core sealing and opening, byte-identical to the sequential path.
+//! * [`secret`]: the types that hold key bytes (zeroized, redacted, constant-time eq).
+//! * [`clock`]: injectable time.
+//! * [`hazmat`]: raw AES-256-GCM for interoperability; easy to misuse.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use crypto_core::{envelope::{EncryptionContext, Envelope}, keys::Keyring, provider::LocalProvider};
+//!
+//! let keyring = Arc::new(Keyring::in_memory());
+//! keyring.create_key("tenant-a/files")?;
+//! let envelope = Envelope::new(LocalProvider::new(keyring));
+//! let ctx = EncryptionContext::new().with("tenant", "a");
+//! let sealed = envelope.seal("tenant-a/files", &ctx, b"hello")?;
+//! assert_eq!(envelope.open(&ctx, &sealed)?, b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod aead;
+pub mod bulk;
+pub mod cache;
+pub mod clock;
+pub mod envelope;
+pub mod hazmat;
+mod kdf;
+pub mod keys;
+pub mod provider;
+mod rand;
+pub mod secret;
+
+pub use aead::Backend;
