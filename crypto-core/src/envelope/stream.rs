@@ -150,7 +150,7 @@ impl<R: Read> DecryptingReader<R> {
             keys,
             stride,
             raw: Vec::with_capacity(stride + 1),
-            plain: vec![0u8; segment_size as usize],
+            plain: Vec::with_capacity(segment_size as usize),
             plain_pos: 0,
             index: 0,
             done: false,
