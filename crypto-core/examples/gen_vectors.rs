@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
+use crypto_core::Backend;
 use crypto_core::envelope::{EncryptionContext, Envelope, Form, MessageSealer};
 use crypto_core::keys::Keyring;
 use crypto_core::provider::{KeyProvider, LocalProvider, MultiProvider};
 use crypto_core::secret::{DataKey, KeyMaterial};
-use crypto_core::Backend;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 struct Kek {
     provider_id: &'static str,
@@ -73,7 +73,14 @@ fn seal(p: &dyn KeyProvider, name: &str, ctx: &EncryptionContext, form: Form, pt
     Sealed { ciphertext: sealer.seal(pt).unwrap(), data_key: g.data_key, form }
 }
 
-fn seal_with_key(p: &dyn KeyProvider, dk: &DataKey, name: &str, ctx: &EncryptionContext, form: Form, pt: &[u8]) -> Vec<u8> {
+fn seal_with_key(
+    p: &dyn KeyProvider,
+    dk: &DataKey,
+    name: &str,
+    ctx: &EncryptionContext,
+    form: Form,
+    pt: &[u8],
+) -> Vec<u8> {
     let wrapped = p.wrap(name, dk).unwrap();
     MessageSealer::new(Backend::AwsLc, dk, wrapped, ctx, form).unwrap().seal(pt).unwrap()
 }
@@ -154,35 +161,91 @@ fn main() {
     ] {
         let pt = pattern(len);
         let s = seal(&p1, kek.name, c, form, &pt);
-        vector(&mut v, name, "valid message; must open to the plaintext", keys(), &s, &s.ciphertext.clone(), c, &pt, None);
+        vector(
+            &mut v,
+            name,
+            "valid message; must open to the plaintext",
+            keys(),
+            &s,
+            &s.ciphertext.clone(),
+            c,
+            &pt,
+            None,
+        );
     }
     let uni = EncryptionContext::new().with("pfad", "Grüße/日本").with("", "x");
     let _ = uni; // empty keys are invalid; use a valid unicode context instead
     let uni = EncryptionContext::new().with("pfad", "Grüße/日本").with("z", "");
     let pt = b"unicode context".to_vec();
     let s = seal(&p1, kek.name, &uni, s16, &pt);
-    vector(&mut v, "unicode-context", "context values are UTF-8; empty values allowed", keys(), &s, &s.ciphertext.clone(), &uni, &pt, None);
+    vector(
+        &mut v,
+        "unicode-context",
+        "context values are UTF-8; empty values allowed",
+        keys(),
+        &s,
+        &s.ciphertext.clone(),
+        &uni,
+        &pt,
+        None,
+    );
 
     // Rewrapped to version 2: same body, header under v2.
     let pt = pattern(40);
     let s = seal(&p1, kek.name, &ctx, s16, &pt);
     let rewrapped = Envelope::new(p2.clone()).rewrap(&s.ciphertext).unwrap();
     let s2 = Sealed { data_key: s.data_key.duplicate(), ciphertext: rewrapped.clone(), form: s.form };
-    vector(&mut v, "rewrapped-to-v2", "rewrapped under key version 2; body bytes unchanged", keys(), &s2, &rewrapped, &ctx, &pt, None);
+    vector(
+        &mut v,
+        "rewrapped-to-v2",
+        "rewrapped under key version 2; body bytes unchanged",
+        keys(),
+        &s2,
+        &rewrapped,
+        &ctx,
+        &pt,
+        None,
+    );
 
     // Multi-provider: local + DR copies; opening with only the DR key works.
     let multi = MultiProvider::new().with(Arc::new(p1.clone())).with_fixed_key(Arc::new(dr.provider()), dr.name);
     let pt = pattern(33);
     let s = seal(&multi, kek.name, &ctx, s16, &pt);
-    vector(&mut v, "multi-wrapped-both-keys", "two wrapped copies; both KEKs available", vec![kek.json(&[]), dr.json(&[])], &s, &s.ciphertext.clone(), &ctx, &pt, None);
-    vector(&mut v, "multi-wrapped-dr-only", "two wrapped copies; only the recovery KEK available", vec![dr.json(&[])], &s, &s.ciphertext.clone(), &ctx, &pt, None);
+    vector(
+        &mut v,
+        "multi-wrapped-both-keys",
+        "two wrapped copies; both KEKs available",
+        vec![kek.json(&[]), dr.json(&[])],
+        &s,
+        &s.ciphertext.clone(),
+        &ctx,
+        &pt,
+        None,
+    );
+    vector(
+        &mut v,
+        "multi-wrapped-dr-only",
+        "two wrapped copies; only the recovery KEK available",
+        vec![dr.json(&[])],
+        &s,
+        &s.ciphertext.clone(),
+        &ctx,
+        &pt,
+        None,
+    );
 
     // ---- negative, from one 3-segment message ----
     let pt = pattern(40);
     let base = seal(&p1, kek.name, &ctx, s16, &pt);
     let ct = base.ciphertext.clone();
     let (_, hlen) = crypto_core::envelope::Header::parse(&ct).unwrap();
-    let neg = |v: &mut Vec<Value>, name: &str, desc: &str, bytes: Vec<u8>, c: &EncryptionContext, keys: Vec<Value>, err: &str| {
+    let neg = |v: &mut Vec<Value>,
+               name: &str,
+               desc: &str,
+               bytes: Vec<u8>,
+               c: &EncryptionContext,
+               keys: Vec<Value>,
+               err: &str| {
         vector(v, name, desc, keys, &base, &bytes, c, &pt, Some(err));
     };
     let flip = |at: usize| {
@@ -190,8 +253,24 @@ fn main() {
         b[at] ^= 0x01;
         b
     };
-    neg(&mut v, "wrong-context-value", "context value differs", ct.clone(), &ctx.clone().with("tenant", "b"), keys(), "HeaderAuthentication");
-    neg(&mut v, "wrong-context-extra-entry", "an extra context entry", ct.clone(), &ctx.clone().with("x", "y"), keys(), "HeaderAuthentication");
+    neg(
+        &mut v,
+        "wrong-context-value",
+        "context value differs",
+        ct.clone(),
+        &ctx.clone().with("tenant", "b"),
+        keys(),
+        "HeaderAuthentication",
+    );
+    neg(
+        &mut v,
+        "wrong-context-extra-entry",
+        "an extra context entry",
+        ct.clone(),
+        &ctx.clone().with("x", "y"),
+        keys(),
+        "HeaderAuthentication",
+    );
     neg(&mut v, "wrong-context-empty", "context omitted", ct.clone(), &empty, keys(), "HeaderAuthentication");
     neg(&mut v, "bad-magic", "first byte changed", flip(0), &ctx, keys(), "Malformed");
     let mut b = ct.clone();
@@ -205,7 +284,15 @@ fn main() {
     neg(&mut v, "unknown-form", "form byte 3", b, &ctx, keys(), "UnsupportedForm");
     neg(&mut v, "segment-size-changed", "segment size 16 -> 17", flip(10), &ctx, keys(), "HeaderAuthentication");
     neg(&mut v, "salt-bit-flip", "one bit of the salt", flip(11 + 5), &ctx, keys(), "HeaderAuthentication");
-    neg(&mut v, "commitment-bit-flip", "one bit of the commitment", flip(hlen - 1), &ctx, keys(), "HeaderAuthentication");
+    neg(
+        &mut v,
+        "commitment-bit-flip",
+        "one bit of the commitment",
+        flip(hlen - 1),
+        &ctx,
+        keys(),
+        "HeaderAuthentication",
+    );
     // wrapped entry starts at 11 + 32 + 1: id_len(1) "local"(5) name_len(1) name(11) version(4) blob_len(2) blob
     let entry = 11 + 32 + 1;
     let version_at = entry + 1 + 5 + 1 + kek.name.len();
@@ -214,11 +301,51 @@ fn main() {
     let mut b = ct.clone();
     b[version_at + 3] = 2;
     neg(&mut v, "key-version-swapped", "header claims version 2; wrap was under version 1", b, &ctx, keys(), "Key");
-    neg(&mut v, "key-version-destroyed", "version 1 was destroyed (crypto-shredded)", ct.clone(), &ctx, vec![kek.json(&[1])], "Key");
-    neg(&mut v, "wrong-kek", "KEK bytes are not the ones that wrapped", ct.clone(), &ctx, vec![Kek::new("local", "tenant-a/db", 1).json(&[])], "Key");
-    neg(&mut v, "no-matching-provider", "only a different provider's key is available", ct.clone(), &ctx, vec![dr.json(&[])], "Key");
-    neg(&mut v, "body-bit-flip-segment-1", "one bit of segment 1's ciphertext", flip(hlen + 32 + 3), &ctx, keys(), "SegmentAuthentication:1");
-    neg(&mut v, "tag-bit-flip-last", "one bit of the final tag", flip(ct.len() - 1), &ctx, keys(), "SegmentAuthentication:2");
+    neg(
+        &mut v,
+        "key-version-destroyed",
+        "version 1 was destroyed (crypto-shredded)",
+        ct.clone(),
+        &ctx,
+        vec![kek.json(&[1])],
+        "Key",
+    );
+    neg(
+        &mut v,
+        "wrong-kek",
+        "KEK bytes are not the ones that wrapped",
+        ct.clone(),
+        &ctx,
+        vec![Kek::new("local", "tenant-a/db", 1).json(&[])],
+        "Key",
+    );
+    neg(
+        &mut v,
+        "no-matching-provider",
+        "only a different provider's key is available",
+        ct.clone(),
+        &ctx,
+        vec![dr.json(&[])],
+        "Key",
+    );
+    neg(
+        &mut v,
+        "body-bit-flip-segment-1",
+        "one bit of segment 1's ciphertext",
+        flip(hlen + 32 + 3),
+        &ctx,
+        keys(),
+        "SegmentAuthentication:1",
+    );
+    neg(
+        &mut v,
+        "tag-bit-flip-last",
+        "one bit of the final tag",
+        flip(ct.len() - 1),
+        &ctx,
+        keys(),
+        "SegmentAuthentication:2",
+    );
     let mut b = ct.clone();
     let (s0, s1) = (hlen..hlen + 32, hlen + 32..hlen + 64);
     let seg0 = ct[s0.clone()].to_vec();
@@ -227,26 +354,75 @@ fn main() {
     neg(&mut v, "segments-reordered", "segments 0 and 1 swapped", b, &ctx, keys(), "SegmentAuthentication:0");
     neg(&mut v, "truncated-at-boundary", "final segment removed", ct[..hlen + 64].to_vec(), &ctx, keys(), "Truncated");
     neg(&mut v, "truncated-body-empty", "whole body removed", ct[..hlen].to_vec(), &ctx, keys(), "Truncated");
-    neg(&mut v, "truncated-in-final-segment", "cut 4 bytes into the final segment's tag", ct[..ct.len() - 4].to_vec(), &ctx, keys(), "SegmentAuthentication:2");
-    neg(&mut v, "truncated-partial-tag", "cut leaves fewer than 16 bytes of a segment", ct[..hlen + 64 + 10].to_vec(), &ctx, keys(), "Truncated");
+    neg(
+        &mut v,
+        "truncated-in-final-segment",
+        "cut 4 bytes into the final segment's tag",
+        ct[..ct.len() - 4].to_vec(),
+        &ctx,
+        keys(),
+        "SegmentAuthentication:2",
+    );
+    neg(
+        &mut v,
+        "truncated-partial-tag",
+        "cut leaves fewer than 16 bytes of a segment",
+        ct[..hlen + 64 + 10].to_vec(),
+        &ctx,
+        keys(),
+        "Truncated",
+    );
     neg(&mut v, "truncated-in-header", "cut inside the header", ct[..30].to_vec(), &ctx, keys(), "Truncated");
     neg(&mut v, "empty-input", "zero bytes", Vec::new(), &ctx, keys(), "Truncated");
     let mut b = ct.clone();
     b.extend_from_slice(&[0u8; 5]);
-    neg(&mut v, "trailing-garbage", "5 bytes appended: segment boundaries shift", b, &ctx, keys(), "SegmentAuthentication:2");
+    neg(
+        &mut v,
+        "trailing-garbage",
+        "5 bytes appended: segment boundaries shift",
+        b,
+        &ctx,
+        keys(),
+        "SegmentAuthentication:2",
+    );
     // A message whose final segment is full-size, with that segment appended again.
     let tpt = pattern(32);
     let tbase = seal(&p1, kek.name, &ctx, s16, &tpt);
     let mut b = tbase.ciphertext.clone();
     let tail = b[b.len() - 32..].to_vec();
     b.extend_from_slice(&tail);
-    vector(&mut v, "trailing-final-segment", "the full-size final segment appended again", keys(), &tbase, &b, &ctx, &tpt, Some("TrailingData"));
+    vector(
+        &mut v,
+        "trailing-final-segment",
+        "the full-size final segment appended again",
+        keys(),
+        &tbase,
+        &b,
+        &ctx,
+        &tpt,
+        Some("TrailingData"),
+    );
     // Same data key (as from a cache), second message: splice its segment 1 into the first.
-    let other = seal_with_key(&p1, &base.data_key, kek.name, &ctx, s16, &pattern(40).iter().map(|b| b ^ 0xff).collect::<Vec<_>>());
+    let other = seal_with_key(
+        &p1,
+        &base.data_key,
+        kek.name,
+        &ctx,
+        s16,
+        &pattern(40).iter().map(|b| b ^ 0xff).collect::<Vec<_>>(),
+    );
     let (_, ohlen) = crypto_core::envelope::Header::parse(&other).unwrap();
     let mut b = ct.clone();
     b[hlen + 32..hlen + 64].copy_from_slice(&other[ohlen + 32..ohlen + 64]);
-    neg(&mut v, "segment-from-other-message", "segment 1 taken from another message under the same data key", b, &ctx, keys(), "SegmentAuthentication:1");
+    neg(
+        &mut v,
+        "segment-from-other-message",
+        "segment 1 taken from another message under the same data key",
+        b,
+        &ctx,
+        keys(),
+        "SegmentAuthentication:1",
+    );
 
     // Compact negatives.
     let cpt = pattern(11);
@@ -254,10 +430,40 @@ fn main() {
     let mut b = cbase.ciphertext.clone();
     let last = b.len() - 20;
     b[last] ^= 0x80;
-    vector(&mut v, "compact-body-bit-flip", "one bit of the compact body", keys(), &cbase, &b, &ctx, &cpt, Some("SegmentAuthentication:0"));
-    vector(&mut v, "compact-wrong-context", "context differs", keys(), &cbase, &cbase.ciphertext.clone(), &empty, &cpt, Some("HeaderAuthentication"));
+    vector(
+        &mut v,
+        "compact-body-bit-flip",
+        "one bit of the compact body",
+        keys(),
+        &cbase,
+        &b,
+        &ctx,
+        &cpt,
+        Some("SegmentAuthentication:0"),
+    );
+    vector(
+        &mut v,
+        "compact-wrong-context",
+        "context differs",
+        keys(),
+        &cbase,
+        &cbase.ciphertext.clone(),
+        &empty,
+        &cpt,
+        Some("HeaderAuthentication"),
+    );
     let b = cbase.ciphertext[..cbase.ciphertext.len() - 1].to_vec();
-    vector(&mut v, "compact-truncated", "last byte removed", keys(), &cbase, &b, &ctx, &cpt, Some("SegmentAuthentication:0"));
+    vector(
+        &mut v,
+        "compact-truncated",
+        "last byte removed",
+        keys(),
+        &cbase,
+        &b,
+        &ctx,
+        &cpt,
+        Some("SegmentAuthentication:0"),
+    );
 
     let doc = json!({
         "format": "cryptocore envelope v1",

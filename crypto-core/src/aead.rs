@@ -9,8 +9,8 @@
 
 use core::fmt;
 
-use aes_gcm::aead::AeadInPlace;
 use aes_gcm::KeyInit;
+use aes_gcm::aead::AeadInPlace;
 use zeroize::Zeroize;
 
 /// Nonce length in bytes (96-bit IV, the only size accepted).
@@ -75,9 +75,7 @@ impl Aes256Gcm {
                     Err(_) => unreachable_key_len(),
                 }
             }
-            Backend::RustCrypto => {
-                Inner::RustCrypto(Box::new(aes_gcm::Aes256Gcm::new(key.into())))
-            }
+            Backend::RustCrypto => Inner::RustCrypto(Box::new(aes_gcm::Aes256Gcm::new(key.into()))),
         };
         Self { inner }
     }
@@ -109,9 +107,7 @@ impl Aes256Gcm {
                 tag_out.copy_from_slice(tag.as_ref());
             }
             Inner::RustCrypto(k) => {
-                let tag = k
-                    .encrypt_in_place_detached(nonce.into(), aad, in_out)
-                    .map_err(|_| AeadError)?;
+                let tag = k.encrypt_in_place_detached(nonce.into(), aad, in_out).map_err(|_| AeadError)?;
                 tag_out.copy_from_slice(&tag);
             }
         }
@@ -122,12 +118,7 @@ impl Aes256Gcm {
     /// `in_out.len() - 16` bytes hold the plaintext and that length is returned.
     ///
     /// On failure the whole buffer is zeroized, so no unauthenticated plaintext survives.
-    pub fn open_in_place(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<usize, AeadError> {
+    pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<usize, AeadError> {
         let Some(pt_len) = in_out.len().checked_sub(TAG_LEN) else {
             return Err(AeadError);
         };
@@ -167,14 +158,8 @@ impl Aes256Gcm {
                 let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(*nonce);
                 // Scatter form: an empty in-place part, the plaintext as "extra input"
                 // encrypted straight into `out` followed by the tag.
-                k.seal_in_place_scatter(
-                    nonce,
-                    aws_lc_rs::aead::Aad::from(aad),
-                    &mut [],
-                    plaintext,
-                    out,
-                )
-                .map_err(|_| AeadError)
+                k.seal_in_place_scatter(nonce, aws_lc_rs::aead::Aad::from(aad), &mut [], plaintext, out)
+                    .map_err(|_| AeadError)
             }
             Inner::RustCrypto(_) => {
                 let (body, tag_out) = out.split_at_mut(plaintext.len());
@@ -205,8 +190,7 @@ impl Aes256Gcm {
         let ok = match &self.inner {
             Inner::AwsLc(k) => {
                 let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(*nonce);
-                k.open_separate_gather(nonce, aws_lc_rs::aead::Aad::from(aad), ct, tag, out)
-                    .is_ok()
+                k.open_separate_gather(nonce, aws_lc_rs::aead::Aad::from(aad), ct, tag, out).is_ok()
             }
             Inner::RustCrypto(k) => {
                 out.copy_from_slice(ct);
@@ -224,12 +208,7 @@ impl Aes256Gcm {
 
     /// Convenience: returns ciphertext ‖ tag. Fails only above GCM's plaintext limit
     /// (2^36 - 32 bytes).
-    pub fn seal(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, AeadError> {
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, AeadError> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
         out.extend_from_slice(plaintext);
         let tag = self.seal_in_place(nonce, aad, &mut out)?;
@@ -238,12 +217,7 @@ impl Aes256Gcm {
     }
 
     /// Convenience: opens ciphertext ‖ tag into a new vector.
-    pub fn open(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        ciphertext_and_tag: &[u8],
-    ) -> Result<Vec<u8>, AeadError> {
+    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext_and_tag: &[u8]) -> Result<Vec<u8>, AeadError> {
         let mut buf = ciphertext_and_tag.to_vec();
         let n = self.open_in_place(nonce, aad, &mut buf)?;
         buf.truncate(n);

@@ -29,7 +29,8 @@ pub struct CacheLimits {
     pub max_messages: u64,
     /// Most plaintext bytes sealed under one data key.
     pub max_bytes: u64,
-    /// Fraction (0 < f ≤ 1) of any budget after which a replacement is fetched ahead.
+    /// Fraction (0 < f < 1) of any budget after which a replacement is fetched ahead;
+    /// 1.0 turns refresh-ahead off.
     pub refresh_at: f64,
     /// Most entries on each side (seal, open); the oldest is evicted beyond it.
     pub max_entries: usize,
@@ -195,9 +196,10 @@ impl<P: KeyProvider + 'static> Inner<P> {
     /// Whether an entry has used `refresh_at` of any budget.
     fn due_for_refresh(&self, e: &SealEntry, now: Duration) -> bool {
         let f = self.limits.refresh_at;
-        now.saturating_sub(e.created).as_secs_f64() >= self.limits.max_age.as_secs_f64() * f
-            || e.messages as f64 >= self.limits.max_messages as f64 * f
-            || e.bytes as f64 >= self.limits.max_bytes as f64 * f
+        f < 1.0
+            && (now.saturating_sub(e.created).as_secs_f64() >= self.limits.max_age.as_secs_f64() * f
+                || e.messages as f64 >= self.limits.max_messages as f64 * f
+                || e.bytes as f64 >= self.limits.max_bytes as f64 * f)
     }
 
     fn insert_seal(&self, key_name: &str, entry: SealEntry) {
@@ -269,7 +271,11 @@ impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
         self.inner.provider.generate_data_key(key_name)
     }
 
-    fn data_key_for_message(&self, key_name: &str, plaintext_len: Option<u64>) -> Result<GeneratedDataKey, ProviderError> {
+    fn data_key_for_message(
+        &self,
+        key_name: &str,
+        plaintext_len: Option<u64>,
+    ) -> Result<GeneratedDataKey, ProviderError> {
         // A message of unknown length could exceed any byte budget: it gets its own key.
         let Some(len) = plaintext_len else {
             return self.inner.provider.generate_data_key(key_name);

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock};
-use crate::secret::{KeyMaterial, KEY_LEN};
+use crate::secret::{KEY_LEN, KeyMaterial};
 
 /// Maximum key-name length in bytes.
 pub const MAX_KEY_NAME_LEN: usize = 255;
@@ -368,10 +368,9 @@ impl Keyring {
                 e.usable(name)?;
             }
             let next = e.versions.keys().next_back().copied().unwrap_or(0);
-            let next = next.checked_add(1).ok_or(KeyError::InvalidTransition {
-                name: name.into(),
-                reason: "version numbers exhausted",
-            })?;
+            let next = next
+                .checked_add(1)
+                .ok_or(KeyError::InvalidTransition { name: name.into(), reason: "version numbers exhausted" })?;
             e.versions.insert(
                 next,
                 VersionEntry {
@@ -460,10 +459,8 @@ impl Keyring {
                     reason: "cannot destroy the primary version; rotate first",
                 });
             }
-            let v = e
-                .versions
-                .get_mut(&version)
-                .ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version })?;
+            let v =
+                e.versions.get_mut(&version).ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version })?;
             if v.material.take().is_some() {
                 v.info.destroyed_at = Some(now);
             }
@@ -495,10 +492,8 @@ impl Keyring {
             .versions
             .get(&e.primary)
             .ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version: e.primary })?;
-        let m = v
-            .material
-            .as_ref()
-            .ok_or_else(|| KeyError::VersionDestroyed { name: name.into(), version: e.primary })?;
+        let m =
+            v.material.as_ref().ok_or_else(|| KeyError::VersionDestroyed { name: name.into(), version: e.primary })?;
         Ok(f(e.primary, m))
     }
 
@@ -512,10 +507,7 @@ impl Keyring {
         let keys = self.read();
         let e = keys.get(name).ok_or_else(|| KeyError::NotFound { name: name.into() })?;
         e.usable(name)?;
-        let v = e
-            .versions
-            .get(&version)
-            .ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version })?;
+        let v = e.versions.get(&version).ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version })?;
         let m = v.material.as_ref().ok_or_else(|| KeyError::VersionDestroyed { name: name.into(), version })?;
         if version < e.min_decrypt {
             return Err(KeyError::BelowMinDecryptVersion { name: name.into(), version, min: e.min_decrypt });
@@ -539,7 +531,9 @@ fn snapshot(e: &KeyEntry) -> KeyEntry {
         versions: e
             .versions
             .iter()
-            .map(|(n, v)| (*n, VersionEntry { info: v.info.clone(), material: v.material.as_ref().map(|m| m.duplicate()) }))
+            .map(|(n, v)| {
+                (*n, VersionEntry { info: v.info.clone(), material: v.material.as_ref().map(|m| m.duplicate()) })
+            })
             .collect(),
     }
 }
@@ -623,10 +617,12 @@ fn decode_keyring(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, KeyEntry
                 None => None,
                 Some(h) => {
                     let raw = Zeroizing::new(
-                        hex::decode(h.as_bytes()).map_err(|_| corrupt(format!("key {:?} v{}: bad hex", k.name, v.version)))?,
+                        hex::decode(h.as_bytes())
+                            .map_err(|_| corrupt(format!("key {:?} v{}: bad hex", k.name, v.version)))?,
                     );
-                    let m = KeyMaterial::from_slice(&raw)
-                        .ok_or_else(|| corrupt(format!("key {:?} v{}: material must be {KEY_LEN} bytes", k.name, v.version)))?;
+                    let m = KeyMaterial::from_slice(&raw).ok_or_else(|| {
+                        corrupt(format!("key {:?} v{}: material must be {KEY_LEN} bytes", k.name, v.version))
+                    })?;
                     Some(m)
                 }
             };
@@ -649,7 +645,13 @@ fn decode_keyring(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, KeyEntry
         }
         keys.insert(
             k.name,
-            KeyEntry { state: k.state, primary: k.primary, min_decrypt: k.min_decrypt, created_at: k.created_at, versions },
+            KeyEntry {
+                state: k.state,
+                primary: k.primary,
+                min_decrypt: k.min_decrypt,
+                created_at: k.created_at,
+                versions,
+            },
         );
     }
     Ok(keys)

@@ -16,6 +16,7 @@
 use crypto_core::Backend;
 use crypto_core::hazmat::{AeadError, Aes256Gcm, NONCE_LEN, TAG_LEN};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 /// Filler for output buffers, so a method that fails to write (or to zeroize) shows up.
 const FILL: u8 = 0xA5;
@@ -29,26 +30,14 @@ fn diff(actual: &[u8], expected: &[u8]) -> Option<String> {
     if actual == expected {
         return None;
     }
-    let first = actual
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(actual.len().min(expected.len()));
-    Some(format!(
-        "lengths {} vs {} (expected), first difference at byte {first}",
-        actual.len(),
-        expected.len()
-    ))
+    let first = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
+    Some(format!("lengths {} vs {} (expected), first difference at byte {first}", actual.len(), expected.len()))
 }
 
 fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
     if let Some(d) = diff(actual, expected) {
         if expected.len() <= 256 {
-            panic!(
-                "{what}: {d}\n  actual:   {}\n  expected: {}",
-                to_hex(actual),
-                to_hex(expected)
-            );
+            panic!("{what}: {d}\n  actual:   {}\n  expected: {}", to_hex(actual), to_hex(expected));
         }
         panic!("{what}: {d}");
     }
@@ -73,12 +62,9 @@ fn seal_all_ways(aead: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], pt: &[u8
     in_place.extend_from_slice(&tag);
 
     let mut out = vec![FILL; pt.len() + TAG_LEN];
-    aead.seal_to(nonce, aad, pt, &mut out)
-        .unwrap_or_else(|e| panic!("{what} [{name}]: seal_to failed: {e}"));
+    aead.seal_to(nonce, aad, pt, &mut out).unwrap_or_else(|e| panic!("{what} [{name}]: seal_to failed: {e}"));
 
-    let vec = aead
-        .seal(nonce, aad, pt)
-        .unwrap_or_else(|e| panic!("{what} [{name}]: seal failed: {e}"));
+    let vec = aead.seal(nonce, aad, pt).unwrap_or_else(|e| panic!("{what} [{name}]: seal failed: {e}"));
 
     [in_place, out, vec]
 }
@@ -108,20 +94,13 @@ fn assert_opens_to(
         .open_in_place(nonce, aad, &mut buf)
         .unwrap_or_else(|e| panic!("{what} [{name}]: open_in_place failed: {e}"));
     assert_eq!(n, expected_pt.len(), "{what} [{name}]: open_in_place length");
-    assert_bytes(
-        &buf[..n],
-        expected_pt,
-        &format!("{what} [{name}]: open_in_place plaintext"),
-    );
+    assert_bytes(&buf[..n], expected_pt, &format!("{what} [{name}]: open_in_place plaintext"));
 
     let mut out = vec![FILL; expected_pt.len()];
-    aead.open_to(nonce, aad, ct_tag, &mut out)
-        .unwrap_or_else(|e| panic!("{what} [{name}]: open_to failed: {e}"));
+    aead.open_to(nonce, aad, ct_tag, &mut out).unwrap_or_else(|e| panic!("{what} [{name}]: open_to failed: {e}"));
     assert_bytes(&out, expected_pt, &format!("{what} [{name}]: open_to plaintext"));
 
-    let vec = aead
-        .open(nonce, aad, ct_tag)
-        .unwrap_or_else(|e| panic!("{what} [{name}]: open failed: {e}"));
+    let vec = aead.open(nonce, aad, ct_tag).unwrap_or_else(|e| panic!("{what} [{name}]: open failed: {e}"));
     assert_bytes(&vec, expected_pt, &format!("{what} [{name}]: open plaintext"));
 }
 
@@ -132,32 +111,14 @@ fn assert_open_fails(aead: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], ct_t
     assert!(ct_tag.len() >= TAG_LEN, "{what}: helper needs a full tag");
 
     let mut buf = ct_tag.to_vec();
-    assert_eq!(
-        aead.open_in_place(nonce, aad, &mut buf),
-        Err(AeadError),
-        "{what} [{name}]: open_in_place accepted"
-    );
-    assert!(
-        all_zero(&buf),
-        "{what} [{name}]: open_in_place left non-zero bytes after failure"
-    );
+    assert_eq!(aead.open_in_place(nonce, aad, &mut buf), Err(AeadError), "{what} [{name}]: open_in_place accepted");
+    assert!(all_zero(&buf), "{what} [{name}]: open_in_place left non-zero bytes after failure");
 
     let mut out = vec![FILL; ct_tag.len() - TAG_LEN];
-    assert_eq!(
-        aead.open_to(nonce, aad, ct_tag, &mut out),
-        Err(AeadError),
-        "{what} [{name}]: open_to accepted"
-    );
-    assert!(
-        all_zero(&out),
-        "{what} [{name}]: open_to left non-zero bytes after failure"
-    );
+    assert_eq!(aead.open_to(nonce, aad, ct_tag, &mut out), Err(AeadError), "{what} [{name}]: open_to accepted");
+    assert!(all_zero(&out), "{what} [{name}]: open_to left non-zero bytes after failure");
 
-    assert_eq!(
-        aead.open(nonce, aad, ct_tag),
-        Err(AeadError),
-        "{what} [{name}]: open accepted"
-    );
+    assert_eq!(aead.open(nonce, aad, ct_tag), Err(AeadError), "{what} [{name}]: open accepted");
 }
 
 fn cipher(backend: Backend, key: &[u8; 32]) -> Aes256Gcm {
@@ -197,25 +158,11 @@ fn wycheproof_aes_gcm() {
         }
         groups_run += 1;
         for test in &group.tests {
-            let what = format!(
-                "wycheproof tcId {} ({}, flags {:?})",
-                test.tc_id, test.comment, test.flags
-            );
-            let key: [u8; 32] = test
-                .key
-                .as_slice()
-                .try_into()
-                .expect("256-bit group with a non-32-byte key");
-            let nonce: [u8; NONCE_LEN] = test
-                .nonce
-                .as_slice()
-                .try_into()
-                .expect("96-bit group with a non-12-byte nonce");
-            assert_eq!(
-                test.tag.len(),
-                TAG_LEN,
-                "{what}: 128-bit group with a different tag length"
-            );
+            let what = format!("wycheproof tcId {} ({}, flags {:?})", test.tc_id, test.comment, test.flags);
+            let key: [u8; 32] = test.key.as_slice().try_into().expect("256-bit group with a non-32-byte key");
+            let nonce: [u8; NONCE_LEN] =
+                test.nonce.as_slice().try_into().expect("96-bit group with a non-12-byte nonce");
+            assert_eq!(test.tag.len(), TAG_LEN, "{what}: 128-bit group with a different tag length");
             let ct_tag = [test.ct.as_slice(), test.tag.as_slice()].concat();
 
             match test.result {
@@ -318,10 +265,7 @@ impl Partial {
         let ct = self.ct.unwrap_or_else(|| panic!("{what}: no CT"));
         let tag = self.tag.unwrap_or_else(|| panic!("{what}: no Tag"));
         assert_eq!(tag.len(), TAG_LEN, "{what}: tag length");
-        assert!(
-            self.pt.is_some() != self.fail,
-            "{what}: needs exactly one of PT and FAIL"
-        );
+        assert!(self.pt.is_some() != self.fail, "{what}: needs exactly one of PT and FAIL");
         if let Some(pt) = &self.pt {
             assert_eq!(pt.len(), ct.len(), "{what}: PT and CT lengths differ");
         }
@@ -331,14 +275,8 @@ impl Partial {
         NistRecord {
             line: self.line,
             count: self.count,
-            key: key
-                .as_slice()
-                .try_into()
-                .unwrap_or_else(|_| panic!("{what}: key is not 32 bytes")),
-            iv: iv
-                .as_slice()
-                .try_into()
-                .unwrap_or_else(|_| panic!("{what}: IV is not 12 bytes")),
+            key: key.as_slice().try_into().unwrap_or_else(|_| panic!("{what}: key is not 32 bytes")),
+            iv: iv.as_slice().try_into().unwrap_or_else(|_| panic!("{what}: IV is not 12 bytes")),
             pt: self.pt,
             aad,
             ct,
@@ -365,13 +303,9 @@ fn parse_rsp(text: &str, file: &str) -> Vec<NistRecord> {
             if let Some(rec) = current.take() {
                 records.push(rec.finish(file));
             }
-            let (name, value) = header
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{file}:{line_no}: bad header"));
-            let value: usize = value
-                .trim()
-                .parse()
-                .unwrap_or_else(|e| panic!("{file}:{line_no}: bad header value: {e}"));
+            let (name, value) = header.split_once('=').unwrap_or_else(|| panic!("{file}:{line_no}: bad header"));
+            let value: usize =
+                value.trim().parse().unwrap_or_else(|e| panic!("{file}:{line_no}: bad header value: {e}"));
             match name.trim() {
                 "Keylen" => assert_eq!(value, 256, "{file}:{line_no}"),
                 "IVlen" => assert_eq!(value, 96, "{file}:{line_no}"),
@@ -383,16 +317,13 @@ fn parse_rsp(text: &str, file: &str) -> Vec<NistRecord> {
             continue;
         }
         if line == "FAIL" {
-            let rec = current
-                .as_mut()
-                .unwrap_or_else(|| panic!("{file}:{line_no}: FAIL outside a record"));
+            let rec = current.as_mut().unwrap_or_else(|| panic!("{file}:{line_no}: FAIL outside a record"));
             assert!(!rec.fail, "{file}:{line_no}: FAIL twice");
             rec.fail = true;
             continue;
         }
-        let (name, value) = line
-            .split_once('=')
-            .unwrap_or_else(|| panic!("{file}:{line_no}: unparsable line {line:?}"));
+        let (name, value) =
+            line.split_once('=').unwrap_or_else(|| panic!("{file}:{line_no}: unparsable line {line:?}"));
         let (name, value) = (name.trim(), value.trim());
         if name == "Count" {
             if let Some(rec) = current.take() {
@@ -400,18 +331,14 @@ fn parse_rsp(text: &str, file: &str) -> Vec<NistRecord> {
             }
             current = Some(Partial {
                 line: line_no,
-                count: value
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{file}:{line_no}: bad Count: {e}")),
+                count: value.parse().unwrap_or_else(|e| panic!("{file}:{line_no}: bad Count: {e}")),
                 pt_bits,
                 aad_bits,
                 ..Partial::default()
             });
             continue;
         }
-        let rec = current
-            .as_mut()
-            .unwrap_or_else(|| panic!("{file}:{line_no}: field outside a record"));
+        let rec = current.as_mut().unwrap_or_else(|| panic!("{file}:{line_no}: field outside a record"));
         let slot = match name {
             "Key" => &mut rec.key,
             "IV" => &mut rec.iv,
@@ -422,10 +349,7 @@ fn parse_rsp(text: &str, file: &str) -> Vec<NistRecord> {
             other => panic!("{file}:{line_no}: unknown field {other}"),
         };
         let bytes = from_hex(value).unwrap_or_else(|e| panic!("{file}:{line_no}: {e}"));
-        assert!(
-            slot.replace(bytes).is_none(),
-            "{file}:{line_no}: duplicate field {name}"
-        );
+        assert!(slot.replace(bytes).is_none(), "{file}:{line_no}: duplicate field {name}");
     }
     if let Some(rec) = current.take() {
         records.push(rec.finish(file));
@@ -445,10 +369,7 @@ fn from_hex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err(format!("odd-length hex string ({} digits)", s.len()));
     }
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?))
-        .collect()
+    s.as_bytes().chunks_exact(2).map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?)).collect()
 }
 
 #[test]
@@ -474,11 +395,7 @@ fn nist_cavp_encrypt() {
             assert_opens_to(&aead, &rec.iv, &rec.aad, &ct_tag, pt, &what);
         }
     }
-    eprintln!(
-        "NIST {FILE}: {} records x {} backends",
-        records.len(),
-        Backend::ALL.len()
-    );
+    eprintln!("NIST {FILE}: {} records x {} backends", records.len(), Backend::ALL.len());
     assert_eq!(records.len(), 375, "{FILE}: record count");
 }
 
@@ -540,7 +457,14 @@ fn pt_len_strategy() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // Integration tests have no lib.rs beside them, so the default `SourceParallel`
+    // persistence only warns; store regressions next to this file instead
+    // (`tests/aead_vectors.proptest-regressions`, written only when a case fails).
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn backends_agree_and_reject_bit_flips(
@@ -603,11 +527,7 @@ fn open_rejects_inputs_shorter_than_a_tag() {
             let short = vec![FILL; len];
 
             let mut buf = short.clone();
-            assert_eq!(
-                aead.open_in_place(&nonce, b"", &mut buf),
-                Err(AeadError),
-                "[{name}] open_in_place len {len}"
-            );
+            assert_eq!(aead.open_in_place(&nonce, b"", &mut buf), Err(AeadError), "[{name}] open_in_place len {len}");
 
             // There is no valid output length for a too-short input; try the plausible ones.
             for out_len in [0, len, TAG_LEN] {
@@ -619,31 +539,14 @@ fn open_rejects_inputs_shorter_than_a_tag() {
                 );
             }
 
-            assert_eq!(
-                aead.open(&nonce, b"", &short),
-                Err(AeadError),
-                "[{name}] open len {len}"
-            );
+            assert_eq!(aead.open(&nonce, b"", &short), Err(AeadError), "[{name}] open len {len}");
         }
         // Exactly a tag (empty plaintext) is a legal length: it must go through the tag
         // check, i.e. fail on garbage, succeed on a real seal of the empty message.
-        assert_open_fails(
-            &aead,
-            &nonce,
-            b"",
-            &[FILL; TAG_LEN],
-            &format!("[{name}] garbage 16-byte input"),
-        );
+        assert_open_fails(&aead, &nonce, b"", &[FILL; TAG_LEN], &format!("[{name}] garbage 16-byte input"));
         let sealed = aead.seal(&nonce, b"aad", b"").unwrap();
         assert_eq!(sealed.len(), TAG_LEN);
-        assert_opens_to(
-            &aead,
-            &nonce,
-            b"aad",
-            &sealed,
-            b"",
-            &format!("[{name}] empty plaintext"),
-        );
+        assert_opens_to(&aead, &nonce, b"aad", &sealed, b"", &format!("[{name}] empty plaintext"));
     }
 }
 
@@ -725,13 +628,7 @@ fn failed_open_zeroizes_output() {
             ct_tag: &'a [u8],
             label: &'a str,
         }
-        let case = |aead, nonce, aad, ct_tag, label| Case {
-            aead,
-            nonce,
-            aad,
-            ct_tag,
-            label,
-        };
+        let case = |aead, nonce, aad, ct_tag, label| Case { aead, nonce, aad, ct_tag, label };
         let cases = [
             case(&aead, &nonce, b"headers", &sealed, "wrong aad"),
             case(&aead, &other_nonce, aad, &sealed, "wrong nonce"),
@@ -739,14 +636,7 @@ fn failed_open_zeroizes_output() {
             case(&aead, &nonce, aad, &tampered_ct, "tampered ciphertext"),
             case(&aead, &nonce, aad, &tampered_tag, "tampered tag"),
         ];
-        for Case {
-            aead: k,
-            nonce: n,
-            aad: a,
-            ct_tag,
-            label,
-        } in cases
-        {
+        for Case { aead: k, nonce: n, aad: a, ct_tag, label } in cases {
             let what = format!("[{name}] {label}");
 
             // In place: the whole buffer, tag included, is zero afterwards.

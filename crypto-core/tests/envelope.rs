@@ -5,11 +5,11 @@
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
+use crypto_core::Backend;
 use crypto_core::bulk;
 use crypto_core::envelope::{EncryptionContext, Envelope, EnvelopeError, Form, SealOptions};
 use crypto_core::keys::{KeyError, Keyring};
 use crypto_core::provider::{LocalProvider, ProviderError};
-use crypto_core::Backend;
 use proptest::prelude::*;
 
 const KEY: &str = "tenant-a/files";
@@ -17,9 +17,8 @@ const KEY: &str = "tenant-a/files";
 fn setup(segment_size: u32, backend: Backend) -> (Arc<Keyring>, Envelope<LocalProvider>) {
     let ring = Arc::new(Keyring::in_memory());
     ring.create_key(KEY).unwrap();
-    let env = Envelope::new(LocalProvider::new(ring.clone()))
-        .with_options(SealOptions { segment_size, backend })
-        .unwrap();
+    let env =
+        Envelope::new(LocalProvider::new(ring.clone())).with_options(SealOptions { segment_size, backend }).unwrap();
     (ring, env)
 }
 
@@ -215,9 +214,15 @@ fn rewrap_changes_only_the_header_and_survives_version_destruction() {
     assert_eq!(env.open(&ctx(), &[&hdr[..], &v1[old_len..]].concat()).unwrap(), pt);
     // Retire version 1: the old ciphertext dies, the rewrapped one lives (crypto-shredding).
     ring.set_min_decrypt_version(KEY, 2).unwrap();
-    assert!(is_key_error(&env.open(&ctx(), &v1).unwrap_err(), |k| matches!(k, KeyError::BelowMinDecryptVersion { .. })));
+    assert!(is_key_error(&env.open(&ctx(), &v1).unwrap_err(), |k| matches!(
+        k,
+        KeyError::BelowMinDecryptVersion { .. }
+    )));
     ring.destroy_version(KEY, 1).unwrap();
-    assert!(is_key_error(&env.open(&ctx(), &v1).unwrap_err(), |k| matches!(k, KeyError::VersionDestroyed { version: 1, .. })));
+    assert!(is_key_error(&env.open(&ctx(), &v1).unwrap_err(), |k| matches!(
+        k,
+        KeyError::VersionDestroyed { version: 1, .. }
+    )));
     assert_eq!(env.open(&ctx(), &v2).unwrap(), pt);
     // New messages go to version 2.
     assert_eq!(env.inspect(&env.seal(KEY, &ctx(), b"x").unwrap()).unwrap().key_version(), 2);
@@ -289,7 +294,10 @@ fn malformed_inputs_get_typed_errors_without_panicking() {
     ));
     let huge = vec![0u8; crypto_core::envelope::MAX_COMPACT_PLAINTEXT + 1];
     assert!(matches!(env.seal_compact(KEY, &ctx(), &huge), Err(EnvelopeError::TooLarge(_))));
-    assert!(is_key_error(&env.seal("no/such-key", &ctx(), b"x").unwrap_err(), |k| matches!(k, KeyError::NotFound { .. })));
+    assert!(is_key_error(&env.seal("no/such-key", &ctx(), b"x").unwrap_err(), |k| matches!(
+        k,
+        KeyError::NotFound { .. }
+    )));
     assert!(is_key_error(&env.seal("../etc", &ctx(), b"x").unwrap_err(), |k| matches!(k, KeyError::InvalidName(_))));
 }
 

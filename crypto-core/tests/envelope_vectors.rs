@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use crypto_core::envelope::{open_with_data_key, EncryptionContext, Envelope, EnvelopeError};
+use crypto_core::Backend;
+use crypto_core::envelope::{EncryptionContext, Envelope, EnvelopeError, open_with_data_key};
 use crypto_core::keys::Keyring;
 use crypto_core::provider::{KeyProvider, LocalProvider, MultiProvider};
 use crypto_core::secret::{DataKey, KeyMaterial};
-use crypto_core::Backend;
 use serde_json::Value;
 
 fn unhex(v: &Value) -> Vec<u8> {

@@ -102,10 +102,7 @@ mod tests {
         let a = EncryptionContext::new().with("tenant", "a").with("column", "ssn");
         let b: EncryptionContext = [("column", "ssn"), ("tenant", "a")].into_iter().collect();
         assert_eq!(a.canonical_bytes().unwrap(), b.canonical_bytes().unwrap());
-        assert_eq!(
-            a.canonical_bytes().unwrap(),
-            b"\x00\x02\x00\x06column\x00\x03ssn\x00\x06tenant\x00\x01a".to_vec()
-        );
+        assert_eq!(a.canonical_bytes().unwrap(), b"\x00\x02\x00\x06column\x00\x03ssn\x00\x06tenant\x00\x01a".to_vec());
         assert_eq!(EncryptionContext::new().canonical_bytes().unwrap(), vec![0, 0]);
     }
 

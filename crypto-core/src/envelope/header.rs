@@ -15,7 +15,7 @@ use std::io::Read;
 
 use super::EnvelopeError;
 use crate::keys::validate_key_name;
-use crate::provider::{validate_provider_id, WrappedKey, MAX_BLOB_LEN};
+use crate::provider::{MAX_BLOB_LEN, WrappedKey, validate_provider_id};
 
 /// The four magic bytes that start every v1 message.
 pub const MAGIC: [u8; 4] = *b"CCEF";
@@ -268,8 +268,9 @@ fn parse_from(s: &mut impl Source) -> Result<Header, EnvelopeError> {
             .map_err(|_| EnvelopeError::Malformed("provider id is not UTF-8"))?
             .to_owned();
         let name_len = usize::from(u8_of(s)?);
-        let key_name =
-            std::str::from_utf8(s.take(name_len)?).map_err(|_| EnvelopeError::Malformed("key name is not UTF-8"))?.to_owned();
+        let key_name = std::str::from_utf8(s.take(name_len)?)
+            .map_err(|_| EnvelopeError::Malformed("key name is not UTF-8"))?
+            .to_owned();
         let key_version = u32_of(s)?;
         let blob_len = usize::from(u16_of(s)?);
         if blob_len > MAX_BLOB_LEN {

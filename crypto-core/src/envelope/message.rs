@@ -11,12 +11,12 @@
 
 use zeroize::Zeroizing;
 
-use super::header::{Form, Header, SALT_LEN};
 use super::EnvelopeError;
+use super::header::{Form, Header, SALT_LEN};
 use crate::aead::{Aes256Gcm, Backend, NONCE_LEN, TAG_LEN};
-use crate::kdf::{sha256, Prk};
+use crate::kdf::{Prk, sha256};
 use crate::provider::WrappedKey;
-use crate::secret::{ct_eq, DataKey, KEY_LEN};
+use crate::secret::{DataKey, KEY_LEN, ct_eq};
 
 /// HKDF info label of the message key and nonce prefix.
 pub(crate) const LABEL_MESSAGE_KEY: &[u8] = b"cryptocore/v1/message-key";
@@ -98,11 +98,7 @@ impl MessageKeys {
     }
 
     pub(crate) fn verify_commitment(&self, stored: &[u8; 32]) -> Result<(), EnvelopeError> {
-        if ct_eq(&self.commitment, stored) {
-            Ok(())
-        } else {
-            Err(EnvelopeError::HeaderAuthentication)
-        }
+        if ct_eq(&self.commitment, stored) { Ok(()) } else { Err(EnvelopeError::HeaderAuthentication) }
     }
 }
 

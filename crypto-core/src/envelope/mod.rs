@@ -39,7 +39,7 @@ use std::io::{Read, Seek, Write};
 
 pub use context::{EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_LEN};
 pub use header::{
-    Form, Header, COMMITMENT_LEN, DEFAULT_SEGMENT_SIZE, FORM_COMPACT, FORM_STREAM, MAGIC, MAX_COMPACT_PLAINTEXT,
+    COMMITMENT_LEN, DEFAULT_SEGMENT_SIZE, FORM_COMPACT, FORM_STREAM, Form, Header, MAGIC, MAX_COMPACT_PLAINTEXT,
     MAX_SEGMENT_SIZE, MAX_WRAPPED_KEYS, MIN_SEGMENT_SIZE, SALT_LEN, SUITE_AES256GCM_HKDF_SHA256, VERSION_1,
 };
 pub(crate) use message::Geometry;
@@ -177,7 +177,12 @@ impl<P: KeyProvider> Envelope<P> {
     }
 
     /// Prepares a new message of `form` under `key_name`.
-    pub fn sealer(&self, key_name: &str, context: &EncryptionContext, form: Form) -> Result<MessageSealer, EnvelopeError> {
+    pub fn sealer(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        form: Form,
+    ) -> Result<MessageSealer, EnvelopeError> {
         self.sealer_for(key_name, context, form, None)
     }
 
@@ -197,7 +202,12 @@ impl<P: KeyProvider> Envelope<P> {
     }
 
     /// Seals `plaintext` in the segmented (stream) form.
-    pub fn seal(&self, key_name: &str, context: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn seal(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EnvelopeError> {
         self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal(plaintext)
     }
 
@@ -217,7 +227,11 @@ impl<P: KeyProvider> Envelope<P> {
     }
 
     /// Unwraps the data key of `header` and derives and checks the message keys.
-    pub(crate) fn open_header(&self, header: &Header, context: &EncryptionContext) -> Result<MessageKeys, EnvelopeError> {
+    pub(crate) fn open_header(
+        &self,
+        header: &Header,
+        context: &EncryptionContext,
+    ) -> Result<MessageKeys, EnvelopeError> {
         let data_key = self.provider.unwrap(&header.wrapped)?;
         message_keys(self.options.backend, &data_key, header, context)
     }
@@ -357,7 +371,11 @@ pub(crate) fn open_body_into(
     out: &mut [u8],
 ) -> Result<(), EnvelopeError> {
     let n = geometry.segments;
-    for (i, (sealed, pt)) in body.chunks(geometry.stride()).zip(out.chunks_mut(geometry.segment_size).chain(std::iter::once(&mut [][..]))).enumerate() {
+    for (i, (sealed, pt)) in body
+        .chunks(geometry.stride())
+        .zip(out.chunks_mut(geometry.segment_size).chain(std::iter::once(&mut [][..])))
+        .enumerate()
+    {
         keys.open_segment_checked(i as u32, i as u64 + 1 == n, sealed, pt)?;
     }
     Ok(())

@@ -5,9 +5,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use zeroize::Zeroize;
 
-use super::header::{Form, Header};
-use super::message::{Geometry, MessageKeys, MessageSealer, MAX_SEGMENTS};
 use super::EnvelopeError;
+use super::header::{Form, Header};
+use super::message::{Geometry, MAX_SEGMENTS, MessageKeys, MessageSealer};
 use crate::aead::TAG_LEN;
 
 /// Seals everything written to it into an inner writer, segment by segment.
