@@ -70,8 +70,11 @@ pub enum EnvelopeError {
     /// The message uses an unknown body form.
     #[error("unsupported body form {0:#04x}")]
     UnsupportedForm(u8),
-    /// The message ends early: a cut inside the header, or after a segment that is not the
-    /// final one. (A cut inside a segment surfaces as [`EnvelopeError::SegmentAuthentication`].)
+    /// The message ends early: inside the header, after a segment that is not the final
+    /// one, or with fewer than 16 bytes (less than a tag) after the last segment boundary.
+    /// A cut that leaves 16 or more bytes of a segment surfaces as
+    /// [`EnvelopeError::SegmentAuthentication`], since that piece is then checked as the
+    /// final segment and fails.
     #[error("ciphertext is truncated")]
     Truncated,
     /// Bytes follow the final segment.
