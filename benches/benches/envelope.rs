@@ -13,13 +13,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crypto_core::cache::{CacheLimits, CachingProvider};
 use crypto_core::envelope::{EncryptionContext, Envelope, Form, SealOptions};
 use crypto_core::keys::Keyring;
 use crypto_core::provider::LocalProvider;
-use crypto_core::{bulk, Backend};
+use crypto_core::{Backend, bulk};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -27,7 +27,12 @@ const MIB: usize = 1024 * 1024;
 fn envelope(backend: Backend) -> Envelope<CachingProvider<LocalProvider>> {
     let ring = Arc::new(Keyring::in_memory());
     ring.create_key("bench/key").unwrap();
-    let limits = CacheLimits { max_messages: u64::MAX, max_bytes: u64::MAX, max_age: Duration::from_secs(86400), ..Default::default() };
+    let limits = CacheLimits {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+        max_age: Duration::from_secs(86400),
+        ..Default::default()
+    };
     Envelope::new(CachingProvider::new(LocalProvider::new(ring), limits))
         .with_options(SealOptions { backend, ..Default::default() })
         .unwrap()
@@ -60,7 +65,11 @@ fn seal(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("raw-aws-lc", label), &size, |b, _| {
             b.iter(|| {
                 let tag = key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), black_box(&mut buf))
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([1; 12]),
+                        Aad::empty(),
+                        black_box(&mut buf),
+                    )
                     .unwrap();
                 let _ = black_box(tag);
             })
@@ -71,6 +80,12 @@ fn seal(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(format!("envelope-{}", backend.name()), label), &size, |b, _| {
                 b.iter(|| black_box(env.seal("bench/key", &ctx(), black_box(&pt)).unwrap()))
             });
+            if backend == Backend::AwsLc {
+                let mut out = Vec::new();
+                g.bench_with_input(BenchmarkId::new("envelope-aws-lc-into", label), &size, |b, _| {
+                    b.iter(|| env.seal_into("bench/key", &ctx(), black_box(&pt), &mut out).unwrap())
+                });
+            }
         }
     }
     g.finish();
@@ -87,7 +102,8 @@ fn open(c: &mut Criterion) {
         }
         let key = raw_key();
         let mut sealed = vec![0x5au8; size];
-        let tag = key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut sealed).unwrap();
+        let tag =
+            key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), &mut sealed).unwrap();
         sealed.extend_from_slice(tag.as_ref());
         let mut scratch = sealed.clone();
         g.bench_with_input(BenchmarkId::new("raw-aws-lc", label), &size, |b, _| {
@@ -113,6 +129,12 @@ fn open(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(format!("envelope-{}", backend.name()), label), &size, |b, _| {
                 b.iter(|| black_box(env.open(&ctx(), black_box(&ct)).unwrap()))
             });
+            if backend == Backend::AwsLc {
+                let mut out = Vec::new();
+                g.bench_with_input(BenchmarkId::new("envelope-aws-lc-into", label), &size, |b, _| {
+                    b.iter(|| env.open_into(&ctx(), black_box(&ct), &mut out).unwrap())
+                });
+            }
         }
     }
     g.finish();
@@ -128,8 +150,12 @@ fn record(c: &mut Criterion) {
     g.bench_function("raw-aws-lc/1KiB", |b| {
         b.iter(|| {
             black_box(
-                key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([1; 12]), Aad::empty(), black_box(&mut buf))
-                    .unwrap(),
+                key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key([1; 12]),
+                    Aad::empty(),
+                    black_box(&mut buf),
+                )
+                .unwrap(),
             )
         })
     });
@@ -138,8 +164,14 @@ fn record(c: &mut Criterion) {
     g.bench_function("compact-seal-cached-key/1KiB", |b| {
         b.iter(|| black_box(env.seal_compact("bench/key", &ctx(), black_box(&pt)).unwrap()))
     });
+    let mut out = Vec::new();
+    g.bench_function("compact-seal-cached-key-into/1KiB", |b| {
+        b.iter(|| env.seal_compact_into("bench/key", &ctx(), black_box(&pt), &mut out).unwrap())
+    });
     let ct = env.seal_compact("bench/key", &ctx(), &pt).unwrap();
-    g.bench_function("compact-open-cached-key/1KiB", |b| b.iter(|| black_box(env.open(&ctx(), black_box(&ct)).unwrap())));
+    g.bench_function("compact-open-cached-key/1KiB", |b| {
+        b.iter(|| black_box(env.open(&ctx(), black_box(&ct)).unwrap()))
+    });
     let ring = Arc::new(Keyring::in_memory());
     ring.create_key("bench/key").unwrap();
     let uncached = Envelope::new(LocalProvider::new(ring));

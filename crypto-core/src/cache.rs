@@ -10,6 +10,12 @@
 //! first caller to notice schedules a replacement (on a background thread by default)
 //! while every caller keeps using the still-valid entry, so an expiring entry never makes
 //! callers wait for the provider. Evicted entries are zeroized.
+//!
+//! **Key changes**: every entry records the provider's [`KeyProvider::epoch`] when it was
+//! made; an entry from an older epoch is never used. With a [`crate::provider::LocalProvider`]
+//! that means a rotation, disable, deletion, destroyed version or min-decrypt change takes
+//! effect on the very next call. Providers that cannot observe changes (epoch always 0)
+//! are bounded by `max_age` only: call [`CachingProvider::clear`] after changing keys.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +83,7 @@ pub struct CacheStats {
 }
 
 struct SealEntry {
+    epoch: u64,
     data_key: DataKey,
     wrapped: Vec<WrappedKey>,
     created: Duration,
@@ -86,6 +93,7 @@ struct SealEntry {
 }
 
 struct OpenEntry {
+    epoch: u64,
     data_key: DataKey,
     created: Duration,
 }
@@ -185,10 +193,24 @@ impl<P: KeyProvider + 'static> CachingProvider<P> {
     }
 }
 
+/// Removes the oldest entry when `map` is full (the removed data key is zeroized on drop).
+fn evict_oldest<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    created: impl Fn(&V) -> Duration,
+) {
+    if map.len() >= max
+        && let Some(oldest) = map.iter().min_by_key(|(_, e)| created(e)).map(|(k, _)| k.clone())
+    {
+        map.remove(&oldest);
+    }
+}
+
 impl<P: KeyProvider + 'static> Inner<P> {
     /// Whether an entry may still seal a message of `len` more bytes.
-    fn usable(&self, e: &SealEntry, now: Duration, len: u64) -> bool {
-        now.saturating_sub(e.created) < self.limits.max_age
+    fn usable(&self, e: &SealEntry, now: Duration, len: u64, epoch: u64) -> bool {
+        e.epoch == epoch
+            && now.saturating_sub(e.created) < self.limits.max_age
             && e.messages < self.limits.max_messages
             && e.bytes.saturating_add(len) <= self.limits.max_bytes
     }
@@ -204,18 +226,18 @@ impl<P: KeyProvider + 'static> Inner<P> {
 
     fn insert_seal(&self, key_name: &str, entry: SealEntry) {
         let mut map = lock(&self.seal);
-        if map.len() >= self.limits.max_entries && !map.contains_key(key_name) {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.created).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
+        if !map.contains_key(key_name) {
+            evict_oldest(&mut map, self.limits.max_entries, |e| e.created);
         }
         map.insert(key_name.to_owned(), entry);
     }
 
     fn refresh(&self, key_name: &str) {
+        let epoch = self.provider.epoch();
         match self.provider.generate_data_key(key_name) {
             Ok(g) => {
                 let entry = SealEntry {
+                    epoch,
                     data_key: g.data_key,
                     wrapped: g.wrapped,
                     created: self.clock.now(),
@@ -238,6 +260,10 @@ impl<P: KeyProvider + 'static> Inner<P> {
 }
 
 impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
+    fn epoch(&self) -> u64 {
+        self.inner.provider.epoch()
+    }
+
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
         self.inner.provider.wrap(key_name, data_key)
     }
@@ -245,10 +271,11 @@ impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
     fn unwrap(&self, wrapped: &[WrappedKey]) -> Result<DataKey, ProviderError> {
         let inner = &self.inner;
         let now = inner.clock.now();
+        let epoch = inner.provider.epoch();
         {
             let mut map = lock(&inner.open);
             if let Some(e) = map.get(wrapped) {
-                if now.saturating_sub(e.created) < inner.limits.max_age {
+                if e.epoch == epoch && now.saturating_sub(e.created) < inner.limits.max_age {
                     self.count(OPEN_HITS);
                     return Ok(e.data_key.duplicate());
                 }
@@ -258,12 +285,8 @@ impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
         self.count(OPEN_MISSES);
         let data_key = inner.provider.unwrap(wrapped)?;
         let mut map = lock(&inner.open);
-        if map.len() >= inner.limits.max_entries {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.created).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(wrapped.to_vec(), OpenEntry { data_key: data_key.duplicate(), created: now });
+        evict_oldest(&mut map, inner.limits.max_entries, |e| e.created);
+        map.insert(wrapped.to_vec(), OpenEntry { epoch, data_key: data_key.duplicate(), created: now });
         Ok(data_key)
     }
 
@@ -282,11 +305,12 @@ impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
         };
         let inner = &self.inner;
         let now = inner.clock.now();
+        let epoch = inner.provider.epoch();
         let mut start_refresh = false;
         let hit = {
             let mut map = lock(&inner.seal);
             match map.get_mut(key_name) {
-                Some(e) if inner.usable(e, now, len) => {
+                Some(e) if inner.usable(e, now, len, epoch) => {
                     e.messages += 1;
                     e.bytes = e.bytes.saturating_add(len);
                     if !e.refreshing && inner.due_for_refresh(e, now) {
@@ -326,6 +350,7 @@ impl<P: KeyProvider + 'static> KeyProvider for CachingProvider<P> {
         inner.insert_seal(
             key_name,
             SealEntry {
+                epoch,
                 data_key: g.data_key.duplicate(),
                 wrapped: g.wrapped.clone(),
                 created: now,

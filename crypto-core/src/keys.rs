@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -115,6 +116,20 @@ pub enum KeyError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The keyring file may be read by other users; it holds key material.
+    #[error("keyring file {path} has mode {mode:o}, which lets other users read key material; chmod 600 it")]
+    InsecurePermissions {
+        /// The file involved.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Another process has the keyring file open for writing.
+    #[error("keyring file {path} is in use by another process (lock file {path}.lock)")]
+    Locked {
+        /// The keyring file.
+        path: PathBuf,
     },
     /// The keyring file is not a valid keyring.
     #[error("keyring file {path} is corrupt: {reason}")]
@@ -241,6 +256,10 @@ pub struct Keyring {
     keys: RwLock<BTreeMap<String, KeyEntry>>,
     clock: Arc<dyn Clock>,
     file: Option<PathBuf>,
+    /// Held for the keyring's life: an exclusive advisory lock on `<file>.lock`, so two
+    /// processes never overwrite each other's changes.
+    _lock: Option<fs::File>,
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -264,7 +283,7 @@ impl Keyring {
 
     /// An empty in-memory keyring reading time from `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { keys: RwLock::new(BTreeMap::new()), clock, file: None }
+        Self { keys: RwLock::new(BTreeMap::new()), clock, file: None, _lock: None, generation: AtomicU64::new(0) }
     }
 
     /// Opens the keyring file at `path`, creating an empty one (mode 0600) if it does not
@@ -277,6 +296,7 @@ impl Keyring {
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, KeyError> {
         let path = path.as_ref().to_path_buf();
         let storage = |source| KeyError::Storage { path: path.clone(), source };
+        let lock = lock_keyring(&path)?;
         let keys = match fs::read(&path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
@@ -286,12 +306,18 @@ impl Keyring {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(storage(e)),
         };
-        let ring = Self { keys: RwLock::new(keys), clock, file: Some(path) };
+        let ring =
+            Self { keys: RwLock::new(keys), clock, file: Some(path), _lock: Some(lock), generation: AtomicU64::new(0) };
         if ring.file.as_ref().is_some_and(|p| !p.exists()) {
             let keys = ring.read();
             ring.persist(&keys)?;
         }
         Ok(ring)
+    }
+
+    /// A counter bumped by every change to any key (see [`crate::provider::KeyProvider::epoch`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, KeyEntry>> {
@@ -316,6 +342,7 @@ impl Keyring {
         let entry = keys.get_mut(name).ok_or_else(|| KeyError::NotFound { name: name.into() })?;
         let backup = snapshot(entry);
         let out = change(entry, now)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.persist(&keys) {
             if let Some(entry) = keys.get_mut(name) {
                 *entry = backup;
@@ -349,6 +376,7 @@ impl Keyring {
         let entry = KeyEntry { state: KeyState::Enabled, primary: 1, min_decrypt: 1, created_at: now, versions };
         let info = entry.info(name);
         keys.insert(name.to_owned(), entry);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.persist(&keys) {
             keys.remove(name);
             return Err(e);
@@ -603,8 +631,11 @@ fn encode_keyring(keys: &BTreeMap<String, KeyEntry>) -> Zeroizing<Vec<u8>> {
 
 fn decode_keyring(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, KeyEntry>, KeyError> {
     let corrupt = |reason: String| KeyError::Corrupt { path: path.to_path_buf(), reason };
-    // serde_json's error text names a line/column, never the bytes found there.
-    let file: FileKeyring = serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a keyring: {e}")))?;
+    // Only the position and class of a JSON error are reported: serde_json's message can
+    // quote the offending value, which in a keyring file may be key material.
+    let file: FileKeyring = serde_json::from_slice(bytes).map_err(|e| {
+        corrupt(format!("not a keyring file ({:?} error at line {} column {})", e.classify(), e.line(), e.column()))
+    })?;
     if file.format != KEYRING_FORMAT || file.version != KEYRING_FORMAT_VERSION {
         return Err(corrupt(format!("unsupported format {:?} version {}", file.format, file.version)));
     }
@@ -662,13 +693,7 @@ fn check_private_mode(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = fs::metadata(path).map_err(|source| KeyError::Storage { path: path.into(), source })?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(KeyError::Corrupt {
-            path: path.into(),
-            reason: format!(
-                "mode {:o} lets other users read key material; chmod 600 it",
-                meta.permissions().mode() & 0o777
-            ),
-        });
+        return Err(KeyError::InsecurePermissions { path: path.into(), mode: meta.permissions().mode() & 0o777 });
     }
     Ok(())
 }
@@ -676,6 +701,27 @@ fn check_private_mode(path: &Path) -> Result<(), KeyError> {
 #[cfg(not(unix))]
 fn check_private_mode(_path: &Path) -> Result<(), KeyError> {
     Ok(())
+}
+
+/// Takes the exclusive advisory lock `<path>.lock` (created 0600), failing at once with
+/// [`KeyError::Locked`] if another process holds it.
+fn lock_keyring(path: &Path) -> Result<fs::File, KeyError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let mut opts = fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts.open(&lock_path).map_err(|source| KeyError::Storage { path: lock_path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(KeyError::Locked { path: path.to_path_buf() }),
+        Err(fs::TryLockError::Error(source)) => Err(KeyError::Storage { path: lock_path, source }),
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a

@@ -79,6 +79,15 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
         Ok(GeneratedDataKey { data_key, wrapped })
     }
 
+    /// A counter that changes whenever a key's state, primary version or set of usable
+    /// versions may have changed (rotate, disable, destroy, min-decrypt change, …).
+    /// [`crate::cache::CachingProvider`] drops every entry made under an older epoch, so a
+    /// cache never seals under a rotated, disabled or destroyed version. Providers that
+    /// cannot observe changes return 0; caches then rely on their `max_age`.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
     /// A data key for sealing one message of `plaintext_len` bytes (`None`: not known in
     /// advance, as for streams). Caching providers may hand out a reused data key and count
     /// the message against their limits; the default makes a fresh one.
@@ -105,6 +114,9 @@ impl<P: KeyProvider + ?Sized> KeyProvider for Arc<P> {
     fn data_key_for_message(&self, key_name: &str, len: Option<u64>) -> Result<GeneratedDataKey, ProviderError> {
         (**self).data_key_for_message(key_name, len)
     }
+    fn epoch(&self) -> u64 {
+        (**self).epoch()
+    }
 }
 
 impl<P: KeyProvider + ?Sized> KeyProvider for &P {
@@ -119,6 +131,9 @@ impl<P: KeyProvider + ?Sized> KeyProvider for &P {
     }
     fn data_key_for_message(&self, key_name: &str, len: Option<u64>) -> Result<GeneratedDataKey, ProviderError> {
         (**self).data_key_for_message(key_name, len)
+    }
+    fn epoch(&self) -> u64 {
+        (**self).epoch()
     }
 }
 
@@ -244,6 +259,10 @@ impl KeyProvider for LocalProvider {
         Ok(vec![WrappedKey { provider_id: self.id.clone(), key_name: key_name.into(), key_version: version, blob }])
     }
 
+    fn epoch(&self) -> u64 {
+        self.keyring.generation()
+    }
+
     fn unwrap(&self, wrapped: &[WrappedKey]) -> Result<DataKey, ProviderError> {
         let mut last_err = None;
         for w in wrapped.iter().filter(|w| w.provider_id == self.id) {
@@ -269,6 +288,11 @@ fn provider_ids(wrapped: &[WrappedKey]) -> String {
 /// Typical use: a primary provider plus a disaster-recovery provider whose KEK is kept
 /// elsewhere. Wrapping fails unless every member succeeds, so no ciphertext is ever
 /// written without its recovery copy.
+///
+/// Add the primary member (the one that wraps under the caller's key name) **first**:
+/// the first wrapped entry's key name is what [`crate::envelope::Envelope::rewrap`] asks
+/// the provider to wrap under again, and rewrapping through a provider that lacks the
+/// recovery member drops the recovery copies.
 #[derive(Debug, Clone, Default)]
 pub struct MultiProvider {
     members: Vec<(Arc<dyn KeyProvider>, Option<String>)>,
@@ -294,6 +318,11 @@ impl MultiProvider {
 }
 
 impl KeyProvider for MultiProvider {
+    fn epoch(&self) -> u64 {
+        // Each member's epoch only grows, so the sum changes whenever any of them does.
+        self.members.iter().fold(0u64, |acc, (p, _)| acc.wrapping_add(p.epoch()))
+    }
+
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
         if self.members.is_empty() {
             return Err(ProviderError::Config("multi-provider has no members".into()));

@@ -366,7 +366,7 @@ fn from_hex(s: &str) -> Result<Vec<u8>, String> {
             _ => Err(format!("invalid hex digit {:?}", char::from(c))),
         }
     }
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd-length hex string ({} digits)", s.len()));
     }
     s.as_bytes().chunks_exact(2).map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?)).collect()

@@ -199,3 +199,28 @@ fn entry_count_is_bounded() {
     env.seal_compact("k0", &EncryptionContext::new(), b"x").unwrap();
     assert_eq!(env.provider().stats().seal_hits - before, 4, "oldest was evicted");
 }
+
+#[test]
+fn key_changes_invalidate_cached_data_keys_at_once() {
+    let ring = Arc::new(Keyring::in_memory());
+    ring.create_key("k").unwrap();
+    let env = Envelope::new(CachingProvider::new(LocalProvider::new(ring.clone()), limits()));
+    let ctx = EncryptionContext::new();
+    let v1 = env.seal_compact("k", &ctx, b"a").unwrap();
+    assert_eq!(env.inspect(&v1).unwrap().key_version(), 1);
+    // Rotation: the very next message is under version 2.
+    ring.rotate("k").unwrap();
+    let v2 = env.seal_compact("k", &ctx, b"a").unwrap();
+    assert_eq!(env.inspect(&v2).unwrap().key_version(), 2);
+    // Disable: neither sealing nor opening is served from the cache.
+    ring.disable("k").unwrap();
+    assert!(env.seal_compact("k", &ctx, b"a").is_err());
+    assert!(env.open(&ctx, &v2).is_err());
+    ring.enable("k").unwrap();
+    assert_eq!(env.open(&ctx, &v1).unwrap(), b"a");
+    // Destroying version 1: its cached unwrapped data key is gone too.
+    ring.set_min_decrypt_version("k", 2).unwrap();
+    ring.destroy_version("k", 1).unwrap();
+    assert!(env.open(&ctx, &v1).is_err());
+    assert_eq!(env.open(&ctx, &v2).unwrap(), b"a");
+}

@@ -39,8 +39,9 @@ fn changes_survive_reopen_and_file_is_private() {
     assert!(v2["material"].is_null());
     assert!(env.open(&EncryptionContext::new(), &sealed).is_err());
     // No temporary files left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("keyring.json")]);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec![std::ffi::OsString::from("keyring.json"), std::ffi::OsString::from("keyring.json.lock")]);
 }
 
 #[test]
@@ -50,7 +51,7 @@ fn refuses_group_or_world_readable_file() {
     Keyring::open(&path).unwrap().create_key("k").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Keyring::open(&path).unwrap_err();
-    assert!(matches!(err, KeyError::Corrupt { .. }), "{err}");
+    assert!(matches!(err, KeyError::InsecurePermissions { mode: 0o644, .. }), "{err}");
     assert!(err.to_string().contains("chmod 600"));
 }
 
@@ -60,6 +61,7 @@ fn corrupt_files_are_rejected_with_clear_errors() {
     let cases: &[(&str, &[u8])] = &[
         ("garbage", b"\x00\x01not json"),
         ("wrong format", br#"{"format":"other","version":1,"keys":[]}"#),
+        ("wrong type quoting a value", br#"{"format":"cryptocore-keyring","version":"0011deadbeef","keys":[]}"#),
         ("bad hex", br#"{"format":"cryptocore-keyring","version":1,"keys":[{"name":"k","state":"enabled","primary":1,"min_decrypt":1,"created_at":0,"versions":[{"version":1,"created_at":0,"destroyed_at":null,"material":"zz"}]}]}"#),
         ("short key", br#"{"format":"cryptocore-keyring","version":1,"keys":[{"name":"k","state":"enabled","primary":1,"min_decrypt":1,"created_at":0,"versions":[{"version":1,"created_at":0,"destroyed_at":null,"material":"0011"}]}]}"#),
         ("primary missing", br#"{"format":"cryptocore-keyring","version":1,"keys":[{"name":"k","state":"enabled","primary":2,"min_decrypt":1,"created_at":0,"versions":[]}]}"#),
@@ -73,6 +75,7 @@ fn corrupt_files_are_rejected_with_clear_errors() {
         assert!(matches!(err, KeyError::Corrupt { .. }), "{what}: {err}");
         // The error never echoes file contents (which could be key material).
         assert!(!err.to_string().contains("0011"), "{what}: {err}");
+        assert!(!err.to_string().contains("deadbeef"), "{what}: {err}");
     }
 }
 
@@ -102,4 +105,15 @@ fn failed_persist_rolls_back_memory() {
     assert!(ring.create_key("k2").is_err());
     assert!(ring.describe("k2").is_err());
     let _ = std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700));
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyring.json");
+    let first = Keyring::open(&path).unwrap();
+    // A second open (as another process would) is refused while the first is alive.
+    assert!(matches!(Keyring::open(&path), Err(KeyError::Locked { .. })));
+    drop(first);
+    Keyring::open(&path).unwrap();
 }

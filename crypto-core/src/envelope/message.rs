@@ -177,6 +177,16 @@ impl MessageSealer {
         Ok(out)
     }
 
+    /// [`MessageSealer::seal`] into `out`, reusing its allocation.
+    pub fn seal_into(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let geometry = Geometry::for_plaintext(self.segment_size(), plaintext.len())?;
+        let h = self.header_bytes.len();
+        super::resize_reusing(out, h + geometry.body_len(plaintext.len()));
+        out[..h].copy_from_slice(&self.header_bytes);
+        self.seal_body_into(plaintext, &mut out[h..], &geometry);
+        Ok(())
+    }
+
     /// Seals the body into `body` (exactly `geometry.body_len` bytes).
     pub(crate) fn seal_body_into(&self, plaintext: &[u8], body: &mut [u8], geometry: &Geometry) {
         let n = geometry.segments;

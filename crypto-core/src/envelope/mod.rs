@@ -214,6 +214,19 @@ impl<P: KeyProvider> Envelope<P> {
         self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal(plaintext)
     }
 
+    /// Seals `plaintext` in the stream form into `out`, reusing its allocation: `out` is
+    /// resized to the message length (only newly grown bytes are initialised), so a caller
+    /// that seals many objects through one buffer pays for neither allocation nor zeroing.
+    pub fn seal_into(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal_into(plaintext, out)
+    }
+
     /// Seals `plaintext` (at most 16 MiB) in the compact single-segment form.
     pub fn seal_compact(
         &self,
@@ -222,6 +235,17 @@ impl<P: KeyProvider> Envelope<P> {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
         self.sealer_for(key_name, context, Form::Compact, Some(plaintext.len()))?.seal(plaintext)
+    }
+
+    /// [`Envelope::seal_compact`] into `out`, reusing its allocation.
+    pub fn seal_compact_into(
+        &self,
+        key_name: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        self.sealer_for(key_name, context, Form::Compact, Some(plaintext.len()))?.seal_into(plaintext, out)
     }
 
     /// Parses the header (no key needed): which key and version, form, segment size.
@@ -245,6 +269,27 @@ impl<P: KeyProvider> Envelope<P> {
         let (header, header_len) = Header::parse(ciphertext)?;
         let keys = self.open_header(&header, context)?;
         open_body(&keys, &header, &ciphertext[header_len..])
+    }
+
+    /// [`Envelope::open`] into a caller-owned buffer (resized to the plaintext length,
+    /// allocation reused). On failure `out` is zeroized and left empty.
+    pub fn open_into(
+        &self,
+        context: &EncryptionContext,
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        let (header, header_len) = Header::parse(ciphertext)?;
+        let keys = self.open_header(&header, context)?;
+        let body = &ciphertext[header_len..];
+        let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
+        resize_reusing(out, geometry.plaintext_len(body.len()));
+        if let Err(e) = open_body_into(&keys, &geometry, body, out) {
+            zeroize::Zeroize::zeroize(out);
+            out.clear();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Opens only segment `index` of a message held in memory, without decrypting the
@@ -382,6 +427,15 @@ pub(crate) fn open_body_into(
         keys.open_segment_checked(i as u32, i as u64 + 1 == n, sealed, pt)?;
     }
     Ok(())
+}
+
+/// Sets `v.len()` to `n`, initialising only bytes beyond the old length.
+pub(crate) fn resize_reusing(v: &mut Vec<u8>, n: usize) {
+    if v.len() > n {
+        v.truncate(n);
+    } else {
+        v.resize(n, 0);
+    }
 }
 
 /// Opens a message with an already-unwrapped data key (used by caches and the bulk engine).
