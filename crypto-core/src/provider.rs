@@ -245,7 +245,7 @@ fn local_wrap_aad(provider_id: &str, key_name: &str, version: u32) -> Vec<u8> {
 impl KeyProvider for LocalProvider {
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
         crate::keys::validate_key_name(key_name)?;
-        let salt: [u8; LOCAL_WRAP_SALT_LEN] = crate::rand::array();
+        let salt: [u8; LOCAL_WRAP_SALT_LEN] = crate::rand::salt();
         let (version, blob) = self.keyring.with_primary(key_name, |version, kek| {
             let (aead, nonce) = local_wrap_key(self.backend, kek.expose_secret(), &salt);
             let aad = local_wrap_aad(&self.id, key_name, version);

@@ -96,6 +96,12 @@ impl Header {
     /// key derivation and the commitment.
     pub(crate) fn immutable_prefix(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(11 + SALT_LEN);
+        self.write_immutable_prefix(&mut out);
+        out
+    }
+
+    /// Appends the immutable prefix to `out`.
+    pub(crate) fn write_immutable_prefix(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION_1);
         out.push(SUITE_AES256GCM_HKDF_SHA256);
@@ -107,12 +113,11 @@ impl Header {
             Form::Compact => out.push(FORM_COMPACT),
         }
         out.extend_from_slice(&self.salt);
-        out
     }
 
-    /// The full encoded header. The fields were validated when the header was built.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = self.immutable_prefix();
+    /// Appends everything after the immutable prefix: wrapped keys and commitment. The
+    /// fields were validated when the header was built or parsed.
+    pub(crate) fn write_rest(&self, out: &mut Vec<u8>) {
         out.push(self.wrapped.len() as u8);
         for w in &self.wrapped {
             out.push(w.provider_id.len() as u8);
@@ -124,6 +129,13 @@ impl Header {
             out.extend_from_slice(&w.blob);
         }
         out.extend_from_slice(&self.commitment);
+    }
+
+    /// The full encoded header.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_immutable_prefix(&mut out);
+        self.write_rest(&mut out);
         out
     }
 

@@ -3,11 +3,15 @@
 //! ```text
 //! digest       = SHA-256(immutable_prefix ‖ canonical_context)
 //! prk          = HKDF-Extract(salt, data_key)
-//! key ‖ prefix = HKDF-Expand(prk, "cryptocore/v1/message-key" ‖ digest, 39)
-//! commitment   = HKDF-Expand(prk, "cryptocore/v1/commitment"  ‖ digest, 32)
-//! nonce_i      = prefix(7) ‖ u32be(i) ‖ (0x01 if last else 0x00)
+//! key          = HKDF-Expand(prk, "cryptocore/v1/key"    ‖ digest, 32)
+//! commitment   = HKDF-Expand(prk, "cryptocore/v1/commit" ‖ digest, 32)
+//! nonce_i      = salt[0..7] ‖ u32be(i) ‖ (0x01 if last else 0x00)
 //! segment_i    = AES-256-GCM(key, nonce_i, aad = "", plaintext_i) = ct_i ‖ tag_i
 //! ```
+//!
+//! The labels are short enough (≤ 22 bytes) that each Expand is one SHA-256 block. The
+//! nonce prefix is public and random (the first salt bytes); uniqueness of nonces comes
+//! from the per-message key, the prefix only adds multi-target margin at no cost.
 
 use zeroize::Zeroizing;
 
@@ -18,10 +22,10 @@ use crate::kdf::{Prk, sha256};
 use crate::provider::WrappedKey;
 use crate::secret::{DataKey, KEY_LEN, ct_eq};
 
-/// HKDF info label of the message key and nonce prefix.
-pub(crate) const LABEL_MESSAGE_KEY: &[u8] = b"cryptocore/v1/message-key";
+/// HKDF info label of the message key.
+pub(crate) const LABEL_MESSAGE_KEY: &[u8] = b"cryptocore/v1/key";
 /// HKDF info label of the key commitment.
-pub(crate) const LABEL_COMMITMENT: &[u8] = b"cryptocore/v1/commitment";
+pub(crate) const LABEL_COMMITMENT: &[u8] = b"cryptocore/v1/commit";
 /// Nonce prefix length.
 pub(crate) const NONCE_PREFIX_LEN: usize = 7;
 
@@ -42,14 +46,12 @@ impl MessageKeys {
     ) -> Self {
         let digest = sha256(&[immutable_prefix, context]);
         let prk = Prk::extract(salt, data_key.expose_secret());
-        let mut okm = Zeroizing::new([0u8; KEY_LEN + NONCE_PREFIX_LEN]);
-        prk.expand(&[LABEL_MESSAGE_KEY, &digest], &mut okm[..]);
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        prk.expand(&[LABEL_MESSAGE_KEY, &digest], &mut key[..]);
         let mut commitment = [0u8; 32];
         prk.expand(&[LABEL_COMMITMENT, &digest], &mut commitment);
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(&okm[..KEY_LEN]);
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        nonce_prefix.copy_from_slice(&okm[KEY_LEN..]);
+        nonce_prefix.copy_from_slice(&salt[..NONCE_PREFIX_LEN]);
         Self { aead: Aes256Gcm::new(backend, &key), nonce_prefix, commitment }
     }
 
@@ -126,7 +128,7 @@ impl MessageSealer {
         context: &super::EncryptionContext,
         form: Form,
     ) -> Result<Self, EnvelopeError> {
-        Self::with_salt(backend, data_key, wrapped, context, form, crate::rand::array())
+        Self::with_salt(backend, data_key, wrapped, context, form, crate::rand::salt())
     }
 
     pub(crate) fn with_salt(
@@ -143,9 +145,13 @@ impl MessageSealer {
         super::header::validate_wrapped(&wrapped)?;
         let ctx = context.canonical_bytes()?;
         let mut header = Header { form, salt, wrapped, commitment: [0; 32] };
-        let keys = MessageKeys::derive(backend, data_key, &header.immutable_prefix(), &salt, &ctx);
+        // One buffer: the immutable prefix feeds the derivation, then the wrapped keys and
+        // the commitment are appended to it to form the encoded header.
+        let mut header_bytes = Vec::with_capacity(header.encoded_len());
+        header.write_immutable_prefix(&mut header_bytes);
+        let keys = MessageKeys::derive(backend, data_key, &header_bytes, &salt, &ctx);
         header.commitment = keys.commitment;
-        let header_bytes = header.encode();
+        header.write_rest(&mut header_bytes);
         Ok(Self { header, header_bytes, keys })
     }
 
