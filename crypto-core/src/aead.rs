@@ -1,8 +1,8 @@
 //! AES-256-GCM behind one small type with two interchangeable backends.
 //!
 //! * [`Backend::AwsLc`] (default): aws-lc-rs, assembly with AES-NI/VAES and CLMUL.
-//! * [`Backend::RustCrypto`]: the pure-Rust `aes-gcm` crate (bulk AES-GCM without
-//!   aws-lc's assembly; HKDF, SHA-256 and randomness still come from aws-lc).
+//! * [`Backend::RustCrypto`]: the pure-Rust `aes-gcm` crate (AES-GCM without aws-lc's
+//!   assembly; randomness still comes from aws-lc, HKDF/SHA-256 from RustCrypto either way).
 //!
 //! Both are compiled in always, so each is the other's differential oracle in the tests.
 //! The raw primitive is public only as [`crate::hazmat::Aes256Gcm`]: callers are meant to

@@ -15,22 +15,31 @@ pub mod cpu {
 
     /// Seals `plaintext` as one message on all cores; identical bytes to `sealer.seal`.
     pub fn seal(sealer: &MessageSealer, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::new();
+        seal_into(sealer, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`seal`] into `out`, reusing its allocation (see
+    /// [`crate::envelope::Envelope::seal_into`]): for large objects, faulting in fresh pages
+    /// can cost more than the encryption itself.
+    pub fn seal_into(sealer: &MessageSealer, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         let geometry = Geometry::for_plaintext(sealer.header().segment_size().map(|s| s as usize), plaintext.len())?;
         let header = sealer.header_bytes();
-        let mut out = vec![0u8; header.len() + geometry.body_len(plaintext.len())];
+        crate::envelope::resize_reusing(out, header.len() + geometry.body_len(plaintext.len()));
         out[..header.len()].copy_from_slice(header);
         let n = geometry.segments;
         let keys = sealer.keys();
         let body = &mut out[header.len()..];
         if plaintext.is_empty() {
             keys.seal_segment(0, true, &[], body);
-            return Ok(out);
+            return Ok(());
         }
         body.par_chunks_mut(geometry.stride())
             .zip(plaintext.par_chunks(geometry.segment_size))
             .enumerate()
             .for_each(|(i, (sealed, pt))| keys.seal_segment(i as u32, i as u64 + 1 == n, pt, sealed));
-        Ok(out)
+        Ok(())
     }
 
     /// Opens a whole message on all cores. All-or-nothing like

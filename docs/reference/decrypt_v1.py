@@ -53,9 +53,12 @@ MAX_SEGMENTS = 1 << 32
 MAX_CONTEXT_ENTRIES = 256
 MAX_CONTEXT_LEN = 16 * 1024
 
-LABEL_MESSAGE_KEY = b"cryptocore/v1/message-key"
-LABEL_COMMITMENT = b"cryptocore/v1/commitment"
+# HKDF info labels (§6 table). The two message labels are at most 22 bytes, so each
+# 32-byte Expand is one HMAC over a single SHA-256 block.
+LABEL_MESSAGE_KEY = b"cryptocore/v1/key"
+LABEL_COMMITMENT = b"cryptocore/v1/commit"
 LABEL_LOCAL_WRAP = b"cryptocore/v1/local-wrap"
+NONCE_PREFIX_LEN = 7
 
 LOCAL_BLOB_V1 = 0x01
 LOCAL_BLOB_LEN = 65
@@ -306,15 +309,18 @@ class MessageKeys:
     prk: bytes
 
     def nonce(self, index: int, last: bool) -> bytes:
+        """§7.1: salt[0..7] ‖ u32be(index) ‖ last."""
         return self.nonce_prefix + struct.pack(">I", index) + (b"\x01" if last else b"\x00")
 
 
 def derive(data_key: bytes, immutable_prefix: bytes, salt: bytes, ctx: bytes) -> MessageKeys:
+    """§6: digest, PRK, message key and commitment; the nonce prefix is salt[0..7]."""
     digest = hashlib.sha256(immutable_prefix + ctx).digest()
     prk = hkdf_extract(salt, data_key)
-    okm = hkdf_expand(prk, LABEL_MESSAGE_KEY + digest, 39)
+    message_key = hkdf_expand(prk, LABEL_MESSAGE_KEY + digest, 32)
     commitment = hkdf_expand(prk, LABEL_COMMITMENT + digest, 32)
-    return MessageKeys(okm[:32], okm[32:39], commitment, digest, prk)
+    nonce_prefix = salt[:NONCE_PREFIX_LEN]  # public, not derived
+    return MessageKeys(message_key, nonce_prefix, commitment, digest, prk)
 
 
 def geometry(header: Header, body_len: int) -> Tuple[int, int]:

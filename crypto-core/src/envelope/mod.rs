@@ -2,7 +2,7 @@
 //!
 //! Each message is sealed under a **data key**; the data key is stored in the message
 //! header only **wrapped** by one or more KEKs (see [`crate::provider`]). From the data key
-//! and a random 32-byte salt, HKDF-SHA256 derives a one-time message key, a nonce prefix
+//! and a random 32-byte salt, HKDF-SHA256 derives a one-time message key
 //! and a **key commitment** that is checked (in constant time) before any plaintext is
 //! released. The **encryption context** is bound into that derivation, so the wrong
 //! context fails the same check. The body is a sequence of AES-256-GCM **segments**
