@@ -4,7 +4,10 @@
 //! * `seal`, `open`: single-core envelope v1 (stream form, 64 KiB segments, cached data
 //!   key) vs raw in-place AES-256-GCM, at 1 KiB, 64 KiB, 1 MiB, 64 MiB; both backends.
 //! * `record`: one 1 KiB compact record with a cached data key, and with a fresh data key.
-//! * `bulk`: 256 MiB sealed on all cores vs the single-core sequential path.
+//! * `parts`: the fixed costs inside a small-record seal (random salt, AES-GCM key setup,
+//!   HMAC-SHA256 key setup and one-block message), each alone.
+//! * `bulk`: 256 MiB sealed on all cores vs the single-core sequential path, with fresh and
+//!   reused output buffers, and the machine's ceiling (raw aws-lc on 1 vs 2 threads).
 //!
 //! `benches/report.py` turns the results into the tables of `benches/RESULTS.md`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -181,6 +184,31 @@ fn record(c: &mut Criterion) {
     g.finish();
 }
 
+/// The fixed costs inside one small-record seal, each measured alone through the same
+/// libraries the envelope uses: where the time of `record/compact-seal-*` goes.
+fn record_parts(c: &mut Criterion) {
+    use hmac::{Hmac, Mac};
+    let mut g = c.benchmark_group("parts");
+    g.sample_size(50).measurement_time(Duration::from_secs(2));
+    let mut salt = [0u8; 32];
+    g.bench_function("aws-lc-rand-32B", |b| b.iter(|| aws_lc_rs::rand::fill(black_box(&mut salt)).unwrap()));
+    g.bench_function("aes-256-gcm-key-setup", |b| {
+        b.iter(|| black_box(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, black_box(&[9u8; 32])).unwrap())))
+    });
+    g.bench_function("hmac-sha256-key-setup", |b| {
+        b.iter(|| black_box(<Hmac<sha2::Sha256> as Mac>::new_from_slice(black_box(&[9u8; 32])).unwrap()))
+    });
+    let keyed = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&[9u8; 32]).unwrap();
+    g.bench_function("hmac-sha256-one-block-message", |b| {
+        b.iter(|| {
+            let mut m = keyed.clone();
+            m.update(black_box(&[1u8; 50]));
+            black_box(m.finalize().into_bytes())
+        })
+    });
+    g.finish();
+}
+
 fn bulk_all_cores(c: &mut Criterion) {
     let mut g = c.benchmark_group("bulk");
     let size = 256 * MIB;
@@ -237,5 +265,5 @@ fn bulk_all_cores(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, seal, open, record, bulk_all_cores);
+criterion_group!(benches, seal, open, record, record_parts, bulk_all_cores);
 criterion_main!(benches);

@@ -176,10 +176,8 @@ impl MessageSealer {
 
     /// Seals `plaintext` as a whole message (header ‖ body), on the calling thread.
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let geometry = Geometry::for_plaintext(self.segment_size(), plaintext.len())?;
-        let mut out = vec![0u8; self.header_bytes.len() + geometry.body_len(plaintext.len())];
-        out[..self.header_bytes.len()].copy_from_slice(&self.header_bytes);
-        self.seal_body_into(plaintext, &mut out[self.header_bytes.len()..], &geometry);
+        let mut out = Vec::new();
+        self.seal_into(plaintext, &mut out)?;
         Ok(out)
     }
 

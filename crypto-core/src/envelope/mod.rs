@@ -266,9 +266,9 @@ impl<P: KeyProvider> Envelope<P> {
     /// Opens a whole message (either form). No plaintext is returned unless every segment
     /// authenticated; on failure the partially decrypted buffer is zeroized.
     pub fn open(&self, context: &EncryptionContext, ciphertext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let (header, header_len) = Header::parse(ciphertext)?;
-        let keys = self.open_header(&header, context)?;
-        open_body(&keys, &header, &ciphertext[header_len..])
+        let mut out = Vec::new();
+        self.open_into(context, ciphertext, &mut out)?;
+        Ok(out)
     }
 
     /// [`Envelope::open`] into a caller-owned buffer (resized to the plaintext length,
@@ -281,15 +281,7 @@ impl<P: KeyProvider> Envelope<P> {
     ) -> Result<(), EnvelopeError> {
         let (header, header_len) = Header::parse(ciphertext)?;
         let keys = self.open_header(&header, context)?;
-        let body = &ciphertext[header_len..];
-        let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
-        resize_reusing(out, geometry.plaintext_len(body.len()));
-        if let Err(e) = open_body_into(&keys, &geometry, body, out) {
-            zeroize::Zeroize::zeroize(out);
-            out.clear();
-            return Err(e);
-        }
-        Ok(())
+        open_body(&keys, &header, &ciphertext[header_len..], out)
     }
 
     /// Opens only segment `index` of a message held in memory, without decrypting the
@@ -330,19 +322,25 @@ impl<P: KeyProvider> Envelope<P> {
     /// keep the body where it is.
     pub fn rewrap_header(&self, ciphertext_prefix: &[u8]) -> Result<(Vec<u8>, usize), EnvelopeError> {
         let (mut header, old_len) = Header::parse(ciphertext_prefix)?;
-        let data_key = self.provider.unwrap(&header.wrapped)?;
-        header.wrapped = self.provider.wrap(&header.wrapped[0].key_name.clone(), &data_key)?;
-        header::validate_wrapped(&header.wrapped)?;
+        self.rewrap_parsed(&mut header)?;
         Ok((header.encode(), old_len))
+    }
+
+    /// Replaces the wrapped keys of `header` with the data key wrapped under the primary
+    /// version of its first key.
+    fn rewrap_parsed(&self, header: &mut Header) -> Result<(), EnvelopeError> {
+        let data_key = self.provider.unwrap(&header.wrapped)?;
+        let wrapped = self.provider.wrap(&header.wrapped[0].key_name, &data_key)?;
+        header::validate_wrapped(&wrapped)?;
+        header.wrapped = wrapped;
+        Ok(())
     }
 
     /// Rewraps a message from `reader` into `writer`, copying the body through unchanged.
     /// Returns the number of bytes written.
     pub fn rewrap_stream<R: Read, W: Write>(&self, mut reader: R, mut writer: W) -> Result<u64, EnvelopeError> {
         let mut header = Header::read_from(&mut reader)?;
-        let data_key = self.provider.unwrap(&header.wrapped)?;
-        header.wrapped = self.provider.wrap(&header.wrapped[0].key_name.clone(), &data_key)?;
-        header::validate_wrapped(&header.wrapped)?;
+        self.rewrap_parsed(&mut header)?;
         let encoded = header.encode();
         writer.write_all(&encoded)?;
         let body = std::io::copy(&mut reader, &mut writer)?;
@@ -400,16 +398,22 @@ pub(crate) fn message_keys(
     Ok(keys)
 }
 
-/// Opens a whole body on the calling thread.
-pub(crate) fn open_body(keys: &MessageKeys, header: &Header, body: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+/// Opens a whole body on the calling thread into `out` (resized, allocation reused).
+/// All or nothing: on failure `out` is zeroized and left empty.
+pub(crate) fn open_body(
+    keys: &MessageKeys,
+    header: &Header,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EnvelopeError> {
     let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
-    let mut out = vec![0u8; geometry.plaintext_len(body.len())];
-    let result = open_body_into(keys, &geometry, body, &mut out);
-    if let Err(e) = result {
-        zeroize::Zeroize::zeroize(&mut out);
+    resize_reusing(out, geometry.plaintext_len(body.len()));
+    if let Err(e) = open_body_into(keys, &geometry, body, out) {
+        zeroize::Zeroize::zeroize(out);
+        out.clear();
         return Err(e);
     }
-    Ok(out)
+    Ok(())
 }
 
 pub(crate) fn open_body_into(
@@ -447,5 +451,7 @@ pub fn open_with_data_key(
 ) -> Result<Vec<u8>, EnvelopeError> {
     let (header, header_len) = Header::parse(ciphertext)?;
     let keys = message_keys(backend, data_key, &header, context)?;
-    open_body(&keys, &header, &ciphertext[header_len..])
+    let mut out = Vec::new();
+    open_body(&keys, &header, &ciphertext[header_len..], &mut out)?;
+    Ok(out)
 }
