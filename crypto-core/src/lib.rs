@@ -10,6 +10,8 @@
 //! * [`envelope`]: seal/open (one-shot, compact, streaming, random access), rewrap, the
 //!   [`envelope::EncryptionContext`] and the format's constants and errors.
 //! * [`keys`]: named, versioned KEKs and their lifecycle ([`keys::Keyring`]).
+//! * [`keywrap`]: wrap a 32-byte key under another (used by the local provider and the
+//!   sidecar's root key).
 //! * [`provider`]: [`provider::KeyProvider`] with the local and multi providers.
 //! * [`cache`]: a bounded data-key cache with refresh-ahead.
 //! * [`bulk`]: all-core sealing and opening, byte-identical to the sequential path.
@@ -38,6 +40,7 @@ pub mod envelope;
 pub mod hazmat;
 mod kdf;
 pub mod keys;
+pub mod keywrap;
 pub mod provider;
 mod rand;
 pub mod secret;

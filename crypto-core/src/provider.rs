@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use crate::aead::{Aes256Gcm, Backend, NONCE_LEN, TAG_LEN};
+use crate::aead::Backend;
 use crate::keys::{KeyError, Keyring};
-use crate::secret::{DataKey, KEY_LEN};
+use crate::secret::DataKey;
 
 /// Maximum provider-id length in bytes.
 pub const MAX_PROVIDER_ID_LEN: usize = 64;
@@ -151,12 +151,8 @@ pub fn validate_provider_id(id: &str) -> Result<(), ProviderError> {
 
 /// Default provider id of [`LocalProvider`].
 pub const LOCAL_PROVIDER_ID: &str = "local";
-/// Local blob version byte.
-const LOCAL_BLOB_V1: u8 = 0x01;
-/// Length of the per-wrap HKDF salt in a local blob.
-const LOCAL_WRAP_SALT_LEN: usize = 16;
-/// Length of a local blob: version ‖ salt ‖ encrypted data key ‖ tag.
-pub const LOCAL_BLOB_LEN: usize = 1 + LOCAL_WRAP_SALT_LEN + KEY_LEN + TAG_LEN;
+/// Length of a local blob (see [`crate::keywrap`]).
+pub const LOCAL_BLOB_LEN: usize = crate::keywrap::WRAPPED_LEN;
 /// HKDF info label of the local wrapping key.
 const LOCAL_WRAP_LABEL: &[u8] = b"cryptocore/v1/local-wrap";
 
@@ -202,32 +198,13 @@ impl LocalProvider {
     }
 
     fn unwrap_one(&self, w: &WrappedKey) -> Result<DataKey, ProviderError> {
-        if w.blob.len() != LOCAL_BLOB_LEN || w.blob[0] != LOCAL_BLOB_V1 {
-            return Err(ProviderError::UnwrapFailed);
-        }
-        let salt = &w.blob[1..1 + LOCAL_WRAP_SALT_LEN];
-        let sealed = &w.blob[1 + LOCAL_WRAP_SALT_LEN..];
         let aad = local_wrap_aad(&self.id, &w.key_name, w.key_version);
-        let result = self.keyring.with_version(&w.key_name, w.key_version, |kek| {
-            let (aead, nonce) = local_wrap_key(self.backend, kek.expose_secret(), salt);
-            let mut out = [0u8; KEY_LEN];
-            let ok = aead.open_to(&nonce, &aad, sealed, &mut out).is_ok();
-            let key = DataKey::from_bytes(out);
-            ok.then_some(key)
+        let opened = self.keyring.with_version(&w.key_name, w.key_version, |kek| {
+            crate::keywrap::unwrap(self.backend, kek.expose_secret(), LOCAL_WRAP_LABEL, &aad, &w.blob)
+                .map(|k| DataKey::from_bytes(*k))
         })?;
-        result.ok_or(ProviderError::UnwrapFailed)
+        opened.ok_or(ProviderError::UnwrapFailed)
     }
-}
-
-/// HKDF-SHA256(salt, KEK) → 32-byte wrapping key ‖ 12-byte nonce.
-fn local_wrap_key(backend: Backend, kek: &[u8; KEY_LEN], salt: &[u8]) -> (Aes256Gcm, [u8; NONCE_LEN]) {
-    let mut okm = zeroize::Zeroizing::new([0u8; KEY_LEN + NONCE_LEN]);
-    crate::kdf::hkdf_sha256(salt, kek, &[LOCAL_WRAP_LABEL], &mut okm[..]);
-    let mut key = zeroize::Zeroizing::new([0u8; KEY_LEN]);
-    key.copy_from_slice(&okm[..KEY_LEN]);
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&okm[KEY_LEN..]);
-    (Aes256Gcm::new(backend, &key), nonce)
 }
 
 /// Authenticated data of a local wrap: the KEK identity, length-prefixed as in the header.
@@ -245,17 +222,19 @@ fn local_wrap_aad(provider_id: &str, key_name: &str, version: u32) -> Vec<u8> {
 impl KeyProvider for LocalProvider {
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
         crate::keys::validate_key_name(key_name)?;
-        let salt: [u8; LOCAL_WRAP_SALT_LEN] = crate::rand::salt();
         let (version, blob) = self.keyring.with_primary(key_name, |version, kek| {
-            let (aead, nonce) = local_wrap_key(self.backend, kek.expose_secret(), &salt);
             let aad = local_wrap_aad(&self.id, key_name, version);
-            let mut blob = vec![0u8; LOCAL_BLOB_LEN];
-            blob[0] = LOCAL_BLOB_V1;
-            blob[1..1 + LOCAL_WRAP_SALT_LEN].copy_from_slice(&salt);
-            let sealed = aead.seal_to(&nonce, &aad, data_key.expose_secret(), &mut blob[1 + LOCAL_WRAP_SALT_LEN..]);
-            (version, sealed.map(|()| blob))
+            (
+                version,
+                crate::keywrap::wrap(
+                    self.backend,
+                    kek.expose_secret(),
+                    LOCAL_WRAP_LABEL,
+                    &aad,
+                    data_key.expose_secret(),
+                ),
+            )
         })?;
-        let blob = blob.map_err(|_| ProviderError::UnwrapFailed)?;
         Ok(vec![WrappedKey { provider_id: self.id.clone(), key_name: key_name.into(), key_version: version, blob }])
     }
 

@@ -1,0 +1,225 @@
+//! Persistent storage of keys (names, states, versions with root-wrapped material) and
+//! versioned secrets.
+//!
+//! Both backends make every acknowledged write durable before returning (SQLite: WAL with
+//! `synchronous=FULL`; PostgreSQL: synchronous commit) and apply each operation in one
+//! transaction, so a crash at any moment leaves either the old or the new state. Changes
+//! to a key use optimistic concurrency (`row_version`): two sidecars rotating the same key
+//! at once cannot both succeed, and the loser gets [`StoreError::Conflict`] to retry.
+//! Schema migrations are numbered and recorded in `schema_migrations`.
+
+mod postgres_store;
+mod schema;
+mod sqlite;
+
+pub use postgres_store::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crypto_core::keys::KeyState;
+
+/// Current schema version of both backends.
+pub const SCHEMA_VERSION: u32 = schema::MIGRATIONS.len() as u32;
+
+/// Why a keystore operation failed. Messages name keys and versions, never material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such key, version or secret.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A key with this name exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The record changed since it was read (another sidecar or request won); re-read and retry.
+    #[error("concurrent update of {0}; retry")]
+    Conflict(String),
+    /// The database holds something this code cannot interpret (or a newer schema).
+    #[error("keystore data invalid: {0}")]
+    Corrupt(String),
+    /// The database could not be reached or failed.
+    #[error("keystore backend error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("record".into()),
+            other => StoreError::Backend(format!("sqlite: {other}")),
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Backend(format!("postgresql: {e}"))
+    }
+}
+
+/// One version of a key as stored: material wrapped by the root key, or gone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Root-key-wrapped material; `None` once destroyed.
+    pub wrapped_material: Option<Vec<u8>>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Destruction time, Unix seconds.
+    pub destroyed_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The wrapped material is ciphertext, but there is no reason to print it.
+        f.debug_struct("StoredVersion")
+            .field("version", &self.version)
+            .field("wrapped_material", &self.wrapped_material.as_ref().map(|m| m.len()))
+            .field("created_at", &self.created_at)
+            .field("destroyed_at", &self.destroyed_at)
+            .finish()
+    }
+}
+
+/// A key as stored, with all its versions (oldest first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Key name.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Version that wraps new data keys.
+    pub primary_version: u32,
+    /// Lowest version allowed to unwrap.
+    pub min_decrypt_version: u32,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Optimistic-concurrency counter, bumped by every change.
+    pub row_version: i64,
+    /// All versions, oldest first.
+    pub versions: Vec<StoredVersion>,
+}
+
+/// A change to a key's state or decrypt floor (applied only if `row_version` still matches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyUpdate {
+    /// New state.
+    pub state: KeyState,
+    /// New minimum decryption version.
+    pub min_decrypt_version: u32,
+}
+
+/// One stored version of a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// Secret name.
+    pub name: String,
+    /// Version, from 1.
+    pub version: u32,
+    /// Key the value is sealed under.
+    pub key_name: String,
+    /// The sealed value (crypto-core envelope).
+    pub ciphertext: Vec<u8>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("key_name", &self.key_name)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A secret's name with its newest version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSummary {
+    /// Secret name.
+    pub name: String,
+    /// Newest version.
+    pub latest_version: u32,
+    /// Key of the newest version.
+    pub key_name: String,
+}
+
+/// Storage of keys and secrets. Implementations are thread-safe; every method is one
+/// transaction, durable when it returns `Ok`.
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// `sqlite` or `postgresql`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates key `name` in state `Enabled` with version 1 holding `wrapped_material`.
+    fn create_key(&self, name: &str, wrapped_material: &[u8], now: i64) -> Result<KeyRecord, StoreError>;
+
+    /// The key with all its versions.
+    fn get_key(&self, name: &str) -> Result<KeyRecord, StoreError>;
+
+    /// All keys with their versions, sorted by name.
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Number of keys (the server refuses to start without its root key when this is > 0).
+    fn key_count(&self) -> Result<u64, StoreError>;
+
+    /// Appends version `primary + 1` holding `wrapped_material` and makes it primary, if
+    /// the key's `row_version` is still `expected_row_version`.
+    fn add_version(
+        &self,
+        name: &str,
+        expected_row_version: i64,
+        wrapped_material: &[u8],
+        now: i64,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Applies `update` if the key's `row_version` is still `expected_row_version`.
+    fn update_key(&self, name: &str, expected_row_version: i64, update: KeyUpdate) -> Result<KeyRecord, StoreError>;
+
+    /// Erases the wrapped material of one version (irreversible).
+    fn destroy_version(&self, name: &str, version: u32, now: i64) -> Result<KeyRecord, StoreError>;
+
+    /// Stores a new version of secret `name` (1 if new) and returns its number.
+    fn put_secret(&self, name: &str, key_name: &str, ciphertext: &[u8], now: i64) -> Result<u32, StoreError>;
+
+    /// Version `version` of a secret, or the newest.
+    fn get_secret(&self, name: &str, version: Option<u32>) -> Result<SecretRecord, StoreError>;
+
+    /// All secrets with their newest versions, sorted by name.
+    fn list_secrets(&self) -> Result<Vec<SecretSummary>, StoreError>;
+
+    /// Deletes every version of a secret.
+    fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The schema version recorded in the database.
+    fn schema_version(&self) -> Result<u32, StoreError>;
+}
+
+/// Encodes a key state for the `state`/`delete_after` columns.
+pub(crate) fn state_to_columns(state: KeyState) -> (&'static str, Option<i64>) {
+    match state {
+        KeyState::Enabled => ("enabled", None),
+        KeyState::Disabled => ("disabled", None),
+        KeyState::PendingDeletion { delete_after } => ("pending_deletion", Some(delete_after as i64)),
+        KeyState::Destroyed => ("destroyed", None),
+        _ => ("destroyed", None),
+    }
+}
+
+/// Decodes the `state`/`delete_after` columns.
+pub(crate) fn state_from_columns(state: &str, delete_after: Option<i64>) -> Result<KeyState, StoreError> {
+    Ok(match (state, delete_after) {
+        ("enabled", _) => KeyState::Enabled,
+        ("disabled", _) => KeyState::Disabled,
+        ("pending_deletion", Some(t)) if t >= 0 => KeyState::PendingDeletion { delete_after: t as u64 },
+        ("destroyed", _) => KeyState::Destroyed,
+        (other, _) => return Err(StoreError::Corrupt(format!("unknown key state {other:?}"))),
+    })
+}
+
+/// Checks a stored version number.
+pub(crate) fn version_from_db(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| StoreError::Corrupt(format!("bad version {v}")))
+}

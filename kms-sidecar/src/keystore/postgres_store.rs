@@ -1,0 +1,280 @@
+//! PostgreSQL backend: many sidecars share one database. Writes are transactions with
+//! synchronous commit; key changes lock the key's row (`SELECT … FOR UPDATE`) and check
+//! its `row_version`, so concurrent rotations from two sidecars serialise and the loser
+//! gets `Conflict`. Migrations run under a transaction-scoped advisory lock.
+
+use std::sync::{Mutex, MutexGuard};
+
+use postgres::{Client, GenericClient, NoTls};
+
+use super::schema::MIGRATIONS;
+use super::{
+    KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredVersion, state_from_columns,
+    state_to_columns, version_from_db,
+};
+
+/// Advisory-lock id serialising migrations across sidecars ("kms-sche" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b6d_732d_7363_6865;
+
+/// The PostgreSQL keystore.
+pub struct PostgresStore {
+    client: Mutex<Client>,
+    target: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target).finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects with a libpq-style connection string (`host=… user=… dbname=…`, or a
+    /// `postgresql://` URL) and migrates the schema. TLS to the database is not yet
+    /// supported: use a loopback or Unix-socket connection.
+    pub fn connect(config: &str) -> Result<Self, StoreError> {
+        let parsed: postgres::Config =
+            config.parse().map_err(|e| StoreError::Backend(format!("bad connection string: {e}")))?;
+        // For messages: host and database, never the password.
+        let target = format!("{:?}/{}", parsed.get_hosts(), parsed.get_dbname().unwrap_or("?"));
+        let client = parsed.connect(NoTls)?;
+        let store = Self { client: Mutex::new(client), target };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn client(&self) -> MutexGuard<'_, Client> {
+        // An interrupted transaction is rolled back when dropped; the client stays usable.
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        let current: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?.get(0);
+        if current > MIGRATIONS.len() as i64 {
+            return Err(StoreError::Corrupt(format!(
+                "database schema {current} is newer than this build ({}); upgrade the sidecar",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(m.postgres)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+                &[&(i as i64 + 1)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn load_key(c: &mut impl GenericClient, name: &str) -> Result<KeyRecord, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version FROM keys WHERE name = $1",
+            &[&name],
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("key {name:?}")))?;
+    let versions = c
+        .query(
+            "SELECT version, wrapped_material, created_at, destroyed_at FROM key_versions WHERE key_name = $1 ORDER BY version",
+            &[&name],
+        )?
+        .into_iter()
+        .map(|r| {
+            Ok(StoredVersion {
+                version: version_from_db(r.get(0))?,
+                wrapped_material: r.get(1),
+                created_at: r.get(2),
+                destroyed_at: r.get(3),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let state: String = row.get(0);
+    Ok(KeyRecord {
+        name: name.to_owned(),
+        state: state_from_columns(&state, row.get(1))?,
+        primary_version: version_from_db(row.get(2))?,
+        min_decrypt_version: version_from_db(row.get(3))?,
+        created_at: row.get(4),
+        row_version: row.get(5),
+        versions,
+    })
+}
+
+/// Locks the key's row and fails with `Conflict` unless its row_version is `expected`.
+fn lock_and_check(c: &mut impl GenericClient, name: &str, expected: i64) -> Result<(), StoreError> {
+    match c.query_opt("SELECT row_version FROM keys WHERE name = $1 FOR UPDATE", &[&name])? {
+        None => Err(StoreError::NotFound(format!("key {name:?}"))),
+        Some(r) if r.get::<_, i64>(0) != expected => Err(StoreError::Conflict(format!("key {name:?}"))),
+        Some(_) => Ok(()),
+    }
+}
+
+impl KeyStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn create_key(&self, name: &str, wrapped_material: &[u8], now: i64) -> Result<KeyRecord, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let (state, delete_after) = state_to_columns(crypto_core::keys::KeyState::Enabled);
+        let inserted = tx.execute(
+            "INSERT INTO keys (name, state, delete_after, primary_version, min_decrypt_version, created_at, row_version)
+             VALUES ($1, $2, $3, 1, 1, $4, 1) ON CONFLICT (name) DO NOTHING",
+            &[&name, &state, &delete_after, &now],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists(format!("key {name:?}")));
+        }
+        tx.execute(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, created_at) VALUES ($1, 1, $2, $3)",
+            &[&name, &wrapped_material, &now],
+        )?;
+        let record = load_key(&mut tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn get_key(&self, name: &str) -> Result<KeyRecord, StoreError> {
+        load_key(&mut *self.client(), name)
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.build_transaction().read_only(true).start()?;
+        let names: Vec<String> =
+            tx.query("SELECT name FROM keys ORDER BY name", &[])?.into_iter().map(|r| r.get(0)).collect();
+        let keys = names.iter().map(|n| load_key(&mut tx, n)).collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(keys)
+    }
+
+    fn key_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.client().query_one("SELECT COUNT(*) FROM keys", &[])?.get(0);
+        Ok(n as u64)
+    }
+
+    fn add_version(
+        &self,
+        name: &str,
+        expected: i64,
+        wrapped_material: &[u8],
+        now: i64,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        lock_and_check(&mut tx, name, expected)?;
+        let next: i64 = tx.query_one("SELECT MAX(version) + 1 FROM key_versions WHERE key_name = $1", &[&name])?.get(0);
+        tx.execute(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, created_at) VALUES ($1, $2, $3, $4)",
+            &[&name, &next, &wrapped_material, &now],
+        )?;
+        tx.execute(
+            "UPDATE keys SET primary_version = $2, row_version = row_version + 1 WHERE name = $1",
+            &[&name, &next],
+        )?;
+        let record = load_key(&mut tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn update_key(&self, name: &str, expected: i64, update: KeyUpdate) -> Result<KeyRecord, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        lock_and_check(&mut tx, name, expected)?;
+        let (state, delete_after) = state_to_columns(update.state);
+        tx.execute(
+            "UPDATE keys SET state = $2, delete_after = $3, min_decrypt_version = $4, row_version = row_version + 1
+             WHERE name = $1",
+            &[&name, &state, &delete_after, &i64::from(update.min_decrypt_version)],
+        )?;
+        let record = load_key(&mut tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn destroy_version(&self, name: &str, version: u32, now: i64) -> Result<KeyRecord, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let n = tx.execute(
+            "UPDATE key_versions SET wrapped_material = NULL, destroyed_at = COALESCE(destroyed_at, $3)
+             WHERE key_name = $1 AND version = $2",
+            &[&name, &i64::from(version), &now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("version {version} of key {name:?}")));
+        }
+        tx.execute("UPDATE keys SET row_version = row_version + 1 WHERE name = $1", &[&name])?;
+        let record = load_key(&mut tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn put_secret(&self, name: &str, key_name: &str, ciphertext: &[u8], now: i64) -> Result<u32, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        // Serialise writers of the same secret name across sidecars.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&name])?;
+        let next: i64 =
+            tx.query_one("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE name = $1", &[&name])?.get(0);
+        tx.execute(
+            "INSERT INTO secrets (name, version, key_name, ciphertext, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&name, &next, &key_name, &ciphertext, &now],
+        )?;
+        tx.commit()?;
+        version_from_db(next)
+    }
+
+    fn get_secret(&self, name: &str, version: Option<u32>) -> Result<SecretRecord, StoreError> {
+        let mut client = self.client();
+        let row = match version {
+            Some(v) => client.query_opt(
+                "SELECT version, key_name, ciphertext, created_at FROM secrets WHERE name = $1 AND version = $2",
+                &[&name, &i64::from(v)],
+            )?,
+            None => client.query_opt(
+                "SELECT version, key_name, ciphertext, created_at FROM secrets WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                &[&name],
+            )?,
+        };
+        let r = row.ok_or_else(|| StoreError::NotFound(format!("secret {name:?}")))?;
+        Ok(SecretRecord {
+            name: name.to_owned(),
+            version: version_from_db(r.get(0))?,
+            key_name: r.get(1),
+            ciphertext: r.get(2),
+            created_at: r.get(3),
+        })
+    }
+
+    fn list_secrets(&self) -> Result<Vec<SecretSummary>, StoreError> {
+        self.client()
+            .query("SELECT DISTINCT ON (name) name, version, key_name FROM secrets ORDER BY name, version DESC", &[])?
+            .into_iter()
+            .map(|r| {
+                Ok(SecretSummary { name: r.get(0), latest_version: version_from_db(r.get(1))?, key_name: r.get(2) })
+            })
+            .collect()
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        let n = self.client().execute("DELETE FROM secrets WHERE name = $1", &[&name])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("secret {name:?}")));
+        }
+        Ok(())
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        let v: i64 = self.client().query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?.get(0);
+        Ok(v as u32)
+    }
+}

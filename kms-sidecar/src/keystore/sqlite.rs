@@ -1,0 +1,303 @@
+//! Embedded SQLite backend: one file, WAL journal, `synchronous=FULL` (every commit is
+//! fsync'd before it is acknowledged).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::schema::MIGRATIONS;
+use super::{
+    KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredVersion, state_from_columns,
+    state_to_columns, version_from_db,
+};
+
+/// The SQLite keystore.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) the database at `path` and migrates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let existed = path.exists();
+        let conn = Connection::open(&path)?;
+        #[cfg(unix)]
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Backend(format!("chmod {}: {e}", path.display())))?;
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // journal_mode returns a row, so it is read rather than executed.
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!("could not enable WAL (journal_mode={mode})")));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        let store = Self { conn: Mutex::new(conn), path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction rolls the transaction back when it is dropped, so the
+        // connection behind a poisoned lock is still consistent.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )?;
+        let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+        if current > MIGRATIONS.len() as i64 {
+            return Err(StoreError::Corrupt(format!(
+                "database schema {current} is newer than this build ({}); upgrade the sidecar",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(m.sqlite)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))",
+                [i as i64 + 1],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn load_key(conn: &Connection, name: &str) -> Result<KeyRecord, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version FROM keys WHERE name = ?1",
+            [name],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("key {name:?}")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, wrapped_material, created_at, destroyed_at FROM key_versions WHERE key_name = ?1 ORDER BY version",
+    )?;
+    let versions = stmt
+        .query_map([name], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?))
+        })?
+        .map(|row| {
+            let (v, m, c, d) = row?;
+            Ok(StoredVersion { version: version_from_db(v)?, wrapped_material: m, created_at: c, destroyed_at: d })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(KeyRecord {
+        name: name.to_owned(),
+        state: state_from_columns(&row.0, row.1)?,
+        primary_version: version_from_db(row.2)?,
+        min_decrypt_version: version_from_db(row.3)?,
+        created_at: row.4,
+        row_version: row.5,
+        versions,
+    })
+}
+
+/// Fails with `Conflict` unless the key's row_version is `expected` (NotFound if absent).
+fn check_row_version(conn: &Connection, name: &str, expected: i64) -> Result<(), StoreError> {
+    let current: Option<i64> =
+        conn.query_row("SELECT row_version FROM keys WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    match current {
+        None => Err(StoreError::NotFound(format!("key {name:?}"))),
+        Some(v) if v != expected => Err(StoreError::Conflict(format!("key {name:?}"))),
+        Some(_) => Ok(()),
+    }
+}
+
+impl KeyStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn create_key(&self, name: &str, wrapped_material: &[u8], now: i64) -> Result<KeyRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM keys WHERE name = ?1)", [name], |r| r.get(0))?;
+        if exists {
+            return Err(StoreError::AlreadyExists(format!("key {name:?}")));
+        }
+        let (state, delete_after) = state_to_columns(crypto_core::keys::KeyState::Enabled);
+        tx.execute(
+            "INSERT INTO keys (name, state, delete_after, primary_version, min_decrypt_version, created_at, row_version)
+             VALUES (?1, ?2, ?3, 1, 1, ?4, 1)",
+            params![name, state, delete_after, now],
+        )?;
+        tx.execute(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, created_at) VALUES (?1, 1, ?2, ?3)",
+            params![name, wrapped_material, now],
+        )?;
+        let record = load_key(&tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn get_key(&self, name: &str) -> Result<KeyRecord, StoreError> {
+        load_key(&self.conn(), name)
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.conn();
+        let names: Vec<String> = conn
+            .prepare_cached("SELECT name FROM keys ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        names.iter().map(|n| load_key(&conn, n)).collect()
+    }
+
+    fn key_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn add_version(
+        &self,
+        name: &str,
+        expected: i64,
+        wrapped_material: &[u8],
+        now: i64,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_row_version(&tx, name, expected)?;
+        let next: i64 =
+            tx.query_row("SELECT MAX(version) + 1 FROM key_versions WHERE key_name = ?1", [name], |r| r.get(0))?;
+        tx.execute(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, next, wrapped_material, now],
+        )?;
+        tx.execute(
+            "UPDATE keys SET primary_version = ?2, row_version = row_version + 1 WHERE name = ?1",
+            params![name, next],
+        )?;
+        let record = load_key(&tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn update_key(&self, name: &str, expected: i64, update: KeyUpdate) -> Result<KeyRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_row_version(&tx, name, expected)?;
+        let (state, delete_after) = state_to_columns(update.state);
+        tx.execute(
+            "UPDATE keys SET state = ?2, delete_after = ?3, min_decrypt_version = ?4, row_version = row_version + 1
+             WHERE name = ?1",
+            params![name, state, delete_after, i64::from(update.min_decrypt_version)],
+        )?;
+        let record = load_key(&tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn destroy_version(&self, name: &str, version: u32, now: i64) -> Result<KeyRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE key_versions SET wrapped_material = NULL, destroyed_at = COALESCE(destroyed_at, ?3)
+             WHERE key_name = ?1 AND version = ?2",
+            params![name, i64::from(version), now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("version {version} of key {name:?}")));
+        }
+        tx.execute("UPDATE keys SET row_version = row_version + 1 WHERE name = ?1", [name])?;
+        let record = load_key(&tx, name)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn put_secret(&self, name: &str, key_name: &str, ciphertext: &[u8], now: i64) -> Result<u32, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next: i64 =
+            tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE name = ?1", [name], |r| r.get(0))?;
+        tx.execute(
+            "INSERT INTO secrets (name, version, key_name, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, next, key_name, ciphertext, now],
+        )?;
+        tx.commit()?;
+        version_from_db(next)
+    }
+
+    fn get_secret(&self, name: &str, version: Option<u32>) -> Result<SecretRecord, StoreError> {
+        let conn = self.conn();
+        let row = match version {
+            Some(v) => conn
+                .query_row(
+                    "SELECT version, key_name, ciphertext, created_at FROM secrets WHERE name = ?1 AND version = ?2",
+                    params![name, i64::from(v)],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?,
+            None => conn
+                .query_row(
+                    "SELECT version, key_name, ciphertext, created_at FROM secrets WHERE name = ?1
+                     ORDER BY version DESC LIMIT 1",
+                    [name],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?,
+        };
+        let (v, key_name, ciphertext, created_at) =
+            row.ok_or_else(|| StoreError::NotFound(format!("secret {name:?}")))?;
+        Ok(SecretRecord { name: name.to_owned(), version: version_from_db(v)?, key_name, ciphertext, created_at })
+    }
+
+    fn list_secrets(&self) -> Result<Vec<SecretSummary>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT s.name, s.version, s.key_name FROM secrets s
+             JOIN (SELECT name, MAX(version) AS v FROM secrets GROUP BY name) m ON s.name = m.name AND s.version = m.v
+             ORDER BY s.name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?
+            .map(|row| {
+                let (name, v, key_name) = row?;
+                Ok(SecretSummary { name, latest_version: version_from_db(v)?, key_name })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(rows)
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        let n = self.conn().execute("DELETE FROM secrets WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("secret {name:?}")));
+        }
+        Ok(())
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        let v: i64 =
+            self.conn().query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+        Ok(v as u32)
+    }
+}

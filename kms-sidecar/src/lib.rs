@@ -1,0 +1,14 @@
+//! # kms-sidecar
+//!
+//! The KMS sidecar's library. This release holds its persistence layer:
+//!
+//! * [`keystore`]: the [`keystore::KeyStore`] trait with an embedded SQLite backend (the
+//!   default: one file in the data directory) and a PostgreSQL backend (many sidecars
+//!   sharing keys), both passing one conformance suite (`tests/keystore.rs`). Key
+//!   material is stored only wrapped by the root key.
+//! * [`root_key`]: the local master key file that wraps every KEK version at rest.
+//!
+//! The gRPC API (`kms.v1`), the server binary and `kmsctl` build on these.
+
+pub mod keystore;
+pub mod root_key;
