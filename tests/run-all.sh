@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Every check CI runs, in one command (README: "Run all tests"). Needs only a Rust
-# toolchain, Python 3 and network access to crates.io / PyPI on a fresh machine.
+# Every check CI runs, in one command (README: "Run all tests"). Needs a Rust toolchain,
+# a C compiler, Python 3, network access to crates.io / PyPI, and PostgreSQL on
+# 127.0.0.1:5432 (database `test`, trust auth; override with KMS_TEST_POSTGRES) for the
+# keystore tests, which fail under CI=true when it is unreachable and say so loudly
+# otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
