@@ -7,8 +7,11 @@
 //!   sharing keys), both passing one conformance suite (`tests/keystore.rs`). Key
 //!   material is stored only wrapped by the root key.
 //! * [`root_key`]: the local master key file that wraps every KEK version at rest.
+//! * [`kms`]: the KMS operations (key lifecycle, encrypt/decrypt/re-encrypt, data keys,
+//!   secrets) over a store and a root key, independent of transport.
 //!
 //! The gRPC API (`kms.v1`), the server binary and `kmsctl` build on these.
 
 pub mod keystore;
+pub mod kms;
 pub mod root_key;

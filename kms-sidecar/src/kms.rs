@@ -1,0 +1,457 @@
+//! The KMS operations, independent of transport: key lifecycle on the [`KeyStore`], KEKs
+//! unwrapped with the root key (cached in memory as secret types), and envelope
+//! encryption through crypto-core with this store as the [`KeyProvider`].
+//!
+//! Every method is synchronous (the store is); the gRPC layer runs them on blocking
+//! threads. Lifecycle changes use the store's optimistic concurrency and retry on
+//! conflict, so several sidecars on one PostgreSQL database can administer keys at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crypto_core::Backend;
+use crypto_core::envelope::{EncryptionContext, Envelope, EnvelopeError};
+use crypto_core::keys::{KeyError, KeyState, validate_key_name};
+use crypto_core::provider::{KeyProvider, ProviderError, WrappedKey};
+use crypto_core::secret::{DataKey, KeyMaterial};
+
+use crate::keystore::{KeyRecord, KeyStore, KeyUpdate, StoreError};
+use crate::root_key::LocalRootKey;
+
+/// Provider id of data keys wrapped by the sidecar.
+pub const PROVIDER_ID: &str = "kms-sidecar";
+const DATA_KEY_LABEL: &[u8] = b"kms-sidecar/v1/data-key";
+/// Attempts of a read-modify-write under concurrent updates before giving up.
+const MAX_RETRIES: usize = 16;
+
+/// Why an operation failed; the gRPC layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// Unknown key, version or secret.
+    #[error("{0}")]
+    NotFound(String),
+    /// A key or secret with this name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The key's state forbids the operation (disabled, pending deletion, destroyed,
+    /// version below the minimum or destroyed).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Malformed input: bad name, bad context, malformed ciphertext.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The ciphertext or its encryption context did not authenticate. Deliberately coarse.
+    #[error("ciphertext or encryption context is invalid")]
+    DecryptFailed,
+    /// Too many concurrent updates of one key; retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// The keystore is unreachable or failed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data is inconsistent (e.g. a KEK that does not unwrap under the root key).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for KmsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => KmsError::NotFound(format!("{what} not found")),
+            StoreError::AlreadyExists(what) => KmsError::AlreadyExists(format!("{what} already exists")),
+            StoreError::Conflict(what) => KmsError::Aborted(format!("concurrent update of {what}")),
+            StoreError::Corrupt(m) => KmsError::Internal(m),
+            other => KmsError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for KmsError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NotFound { .. } | KeyError::VersionNotFound { .. } => KmsError::NotFound(e.to_string()),
+            KeyError::InvalidName(_) => KmsError::InvalidArgument(e.to_string()),
+            _ => KmsError::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
+impl From<ProviderError> for KmsError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Key(k) => k.into(),
+            ProviderError::Unavailable(m) => KmsError::Unavailable(m),
+            ProviderError::UnwrapFailed | ProviderError::NoMatchingProvider(_) => KmsError::DecryptFailed,
+            other => KmsError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EnvelopeError> for KmsError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Key(p) => p.into(),
+            EnvelopeError::HeaderAuthentication
+            | EnvelopeError::SegmentAuthentication { .. }
+            | EnvelopeError::Truncated
+            | EnvelopeError::TrailingData => KmsError::DecryptFailed,
+            EnvelopeError::InvalidContext(m) => KmsError::InvalidArgument(format!("invalid encryption context: {m}")),
+            other => KmsError::InvalidArgument(format!("malformed ciphertext: {other}")),
+        }
+    }
+}
+
+/// Public facts about a key, as returned by the admin operations.
+pub type KeyInfo = KeyRecord;
+
+/// A decrypted secret.
+pub struct SecretValue {
+    /// The value (zeroized on drop).
+    pub value: crypto_core::secret::SecretBytes,
+    /// Its version.
+    pub version: u32,
+    /// The key it is sealed under.
+    pub key_name: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue").field("version", &self.version).field("key_name", &self.key_name).finish()
+    }
+}
+
+/// The KMS core.
+pub struct Kms {
+    store: Arc<dyn KeyStore>,
+    root: LocalRootKey,
+    keks: Mutex<HashMap<(String, u32), KeyMaterial>>,
+}
+
+impl std::fmt::Debug for Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms").field("store", &self.store).field("root", &self.root.path()).finish()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn data_key_aad(name: &str, version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(name.len() + 6);
+    aad.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    aad.extend_from_slice(name.as_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+impl Kms {
+    /// A KMS over `store` with `root` wrapping KEK material at rest.
+    pub fn new(store: Arc<dyn KeyStore>, root: LocalRootKey) -> Self {
+        Self { store, root, keks: Mutex::new(HashMap::new()) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    fn envelope(&self) -> Envelope<&Self> {
+        Envelope::new(self)
+    }
+
+    /// The unwrapped material of `version` of `record`, from the cache or the root key.
+    fn kek(&self, record: &KeyRecord, version: u32) -> Result<KeyMaterial, KmsError> {
+        let name = &record.name;
+        let stored = record
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyError::VersionNotFound { name: name.clone(), version })?;
+        let Some(wrapped) = &stored.wrapped_material else {
+            // Destroyed: also drop any cached copy.
+            self.keks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(name.clone(), version));
+            return Err(KeyError::VersionDestroyed { name: name.clone(), version }.into());
+        };
+        let mut cache = self.keks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&(name.clone(), version)) {
+            return Ok(m.duplicate());
+        }
+        let material = self.root.unwrap(name, version, wrapped).map_err(|e| KmsError::Internal(e.to_string()))?;
+        cache.insert((name.clone(), version), material.duplicate());
+        Ok(material)
+    }
+
+    fn usable(record: &KeyRecord) -> Result<(), KeyError> {
+        let name = record.name.clone();
+        match record.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(KeyError::Disabled { name }),
+            KeyState::PendingDeletion { .. } => Err(KeyError::PendingDeletion { name }),
+            _ => Err(KeyError::Destroyed { name }),
+        }
+    }
+
+    /// Creates a key with a random version 1.
+    pub fn create_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        validate_key_name(name)?;
+        let material = KeyMaterial::generate();
+        let wrapped = self.root.wrap(name, 1, &material);
+        Ok(self.store.create_key(name, &wrapped, now())?)
+    }
+
+    /// Describes a key.
+    pub fn describe_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        Ok(self.store.get_key(name)?)
+    }
+
+    /// Lists keys.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, KmsError> {
+        Ok(self.store.list_keys()?)
+    }
+
+    /// Read-modify-write with retries on concurrent updates.
+    fn modify(&self, name: &str, f: impl Fn(&KeyRecord) -> Result<Change, KmsError>) -> Result<KeyInfo, KmsError> {
+        for _ in 0..MAX_RETRIES {
+            let record = self.store.get_key(name)?;
+            let result = match f(&record)? {
+                Change::Update(u) => self.store.update_key(name, record.row_version, u),
+                Change::AddVersion(material) => {
+                    let version = record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                    let wrapped = self.root.wrap(name, version, &material);
+                    self.store.add_version(name, record.row_version, &wrapped, now())
+                }
+            };
+            match result {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(KmsError::Aborted(format!("key {name:?} is being changed concurrently; retry")))
+    }
+
+    /// Adds a fresh version and makes it primary.
+    pub fn rotate_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        self.modify(name, |r| {
+            if matches!(r.state, KeyState::PendingDeletion { .. } | KeyState::Destroyed) {
+                Self::usable(r)?;
+            }
+            Ok(Change::AddVersion(KeyMaterial::generate()))
+        })
+    }
+
+    fn transition(
+        &self,
+        name: &str,
+        allowed: impl Fn(KeyState) -> bool,
+        to: impl Fn(&KeyRecord) -> KeyState,
+    ) -> Result<KeyInfo, KmsError> {
+        self.modify(name, |r| {
+            if !allowed(r.state) {
+                return Err(KmsError::FailedPrecondition(format!(
+                    "key {name:?}: not allowed from state {:?}",
+                    r.state
+                )));
+            }
+            Ok(Change::Update(KeyUpdate { state: to(r), min_decrypt_version: r.min_decrypt_version }))
+        })
+    }
+
+    /// Enables a disabled key.
+    pub fn enable_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        self.transition(name, |s| matches!(s, KeyState::Enabled | KeyState::Disabled), |_| KeyState::Enabled)
+    }
+
+    /// Disables an enabled key.
+    pub fn disable_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        self.transition(name, |s| matches!(s, KeyState::Enabled | KeyState::Disabled), |_| KeyState::Disabled)
+    }
+
+    /// Schedules destruction after `window_seconds` (≥ 1).
+    pub fn schedule_key_deletion(&self, name: &str, window_seconds: u64) -> Result<KeyInfo, KmsError> {
+        if window_seconds == 0 {
+            return Err(KmsError::InvalidArgument("pending window must be at least 1 second".into()));
+        }
+        let delete_after = (now() as u64).saturating_add(window_seconds);
+        self.transition(
+            name,
+            |s| matches!(s, KeyState::Enabled | KeyState::Disabled),
+            |_| KeyState::PendingDeletion { delete_after },
+        )
+    }
+
+    /// Cancels a scheduled deletion (the key becomes disabled).
+    pub fn cancel_key_deletion(&self, name: &str) -> Result<KeyInfo, KmsError> {
+        self.transition(name, |s| matches!(s, KeyState::PendingDeletion { .. }), |_| KeyState::Disabled)
+    }
+
+    /// Sets the minimum decryption version.
+    pub fn set_min_decrypt_version(&self, name: &str, min: u32) -> Result<KeyInfo, KmsError> {
+        self.modify(name, |r| {
+            if min == 0 || min > r.primary_version {
+                return Err(KmsError::InvalidArgument(format!(
+                    "min_decrypt_version must be between 1 and the primary version {}",
+                    r.primary_version
+                )));
+            }
+            Ok(Change::Update(KeyUpdate { state: r.state, min_decrypt_version: min }))
+        })
+    }
+
+    /// Encrypts `plaintext` under `key_name` (compact envelope form).
+    pub fn encrypt(
+        &self,
+        key_name: &str,
+        plaintext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<(Vec<u8>, u32), KmsError> {
+        validate_key_name(key_name)?;
+        let ctx = EncryptionContext::from(context.clone());
+        let ct = self.envelope().seal_compact(key_name, &ctx, plaintext)?;
+        let version = self.envelope().inspect(&ct)?.key_version();
+        Ok((ct, version))
+    }
+
+    /// Decrypts a ciphertext from [`Kms::encrypt`]; returns plaintext, key name, version.
+    pub fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<(crypto_core::secret::SecretBytes, String, u32), KmsError> {
+        let ctx = EncryptionContext::from(context.clone());
+        let header = self.envelope().inspect(ciphertext)?;
+        let plaintext = self.envelope().open(&ctx, ciphertext)?;
+        Ok((crypto_core::secret::SecretBytes::new(plaintext), header.key_name().to_owned(), header.key_version()))
+    }
+
+    /// Re-wraps a ciphertext's data key under its key's primary version.
+    pub fn re_encrypt(&self, ciphertext: &[u8]) -> Result<(Vec<u8>, u32, u32), KmsError> {
+        let before = self.envelope().inspect(ciphertext)?.key_version();
+        let out = self.envelope().rewrap(ciphertext)?;
+        let after = self.envelope().inspect(&out)?.key_version();
+        Ok((out, before, after))
+    }
+
+    /// A fresh data key wrapped under `key_name`.
+    pub fn generate_data_key(&self, key_name: &str) -> Result<(DataKey, WrappedKey), KmsError> {
+        let g = KeyProvider::generate_data_key(self, key_name)?;
+        let wrapped = g.wrapped.into_iter().next().ok_or_else(|| KmsError::Internal("no wrapped key".into()))?;
+        Ok((g.data_key, wrapped))
+    }
+
+    fn secret_context(name: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("kms-secret".to_owned(), name.to_owned())])
+    }
+
+    /// Stores a new version of secret `name` sealed under `key_name`.
+    pub fn put_secret(&self, name: &str, key_name: &str, value: &[u8]) -> Result<u32, KmsError> {
+        validate_key_name(name).map_err(|e| KmsError::InvalidArgument(format!("secret name: {e}")))?;
+        let (ct, _) = self.encrypt(key_name, value, &Self::secret_context(name))?;
+        Ok(self.store.put_secret(name, key_name, &ct, now())?)
+    }
+
+    /// Reads and decrypts a secret (newest version when `version` is None).
+    pub fn get_secret(&self, name: &str, version: Option<u32>) -> Result<SecretValue, KmsError> {
+        let rec = self.store.get_secret(name, version)?;
+        let (value, _, _) = self.decrypt(&rec.ciphertext, &Self::secret_context(name))?;
+        Ok(SecretValue { value, version: rec.version, key_name: rec.key_name, created_at: rec.created_at })
+    }
+
+    /// Lists secrets.
+    pub fn list_secrets(&self) -> Result<Vec<crate::keystore::SecretSummary>, KmsError> {
+        Ok(self.store.list_secrets()?)
+    }
+
+    /// Deletes a secret.
+    pub fn delete_secret(&self, name: &str) -> Result<(), KmsError> {
+        Ok(self.store.delete_secret(name)?)
+    }
+}
+
+enum Change {
+    Update(KeyUpdate),
+    AddVersion(KeyMaterial),
+}
+
+fn store_err(e: StoreError) -> ProviderError {
+    match e {
+        StoreError::NotFound(what) => ProviderError::Key(KeyError::NotFound { name: what }),
+        other => ProviderError::Unavailable(other.to_string()),
+    }
+}
+
+fn kms_to_provider(e: KmsError) -> ProviderError {
+    match e {
+        KmsError::Unavailable(m) => ProviderError::Unavailable(m),
+        other => ProviderError::Config(other.to_string()),
+    }
+}
+
+impl KeyProvider for Kms {
+    fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
+        let record = self.store.get_key(key_name).map_err(|e| match e {
+            StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: key_name.into() }),
+            other => store_err(other),
+        })?;
+        Self::usable(&record)?;
+        let version = record.primary_version;
+        let kek = match self.kek(&record, version) {
+            Ok(k) => k,
+            Err(KmsError::FailedPrecondition(_)) => {
+                return Err(KeyError::VersionDestroyed { name: key_name.into(), version }.into());
+            }
+            Err(e) => return Err(kms_to_provider(e)),
+        };
+        let blob = crypto_core::keywrap::wrap(
+            Backend::AwsLc,
+            kek.expose_secret(),
+            DATA_KEY_LABEL,
+            &data_key_aad(key_name, version),
+            data_key.expose_secret(),
+        );
+        Ok(vec![WrappedKey { provider_id: PROVIDER_ID.into(), key_name: key_name.into(), key_version: version, blob }])
+    }
+
+    fn unwrap(&self, wrapped: &[WrappedKey]) -> Result<DataKey, ProviderError> {
+        let w = wrapped
+            .iter()
+            .find(|w| w.provider_id == PROVIDER_ID)
+            .ok_or_else(|| ProviderError::NoMatchingProvider(PROVIDER_ID.into()))?;
+        let record = self.store.get_key(&w.key_name).map_err(|e| match e {
+            StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: w.key_name.clone() }),
+            other => store_err(other),
+        })?;
+        Self::usable(&record)?;
+        if w.key_version < record.min_decrypt_version {
+            return Err(KeyError::BelowMinDecryptVersion {
+                name: w.key_name.clone(),
+                version: w.key_version,
+                min: record.min_decrypt_version,
+            }
+            .into());
+        }
+        let kek = match self.kek(&record, w.key_version) {
+            Ok(k) => k,
+            Err(KmsError::NotFound(_)) => {
+                return Err(KeyError::VersionNotFound { name: w.key_name.clone(), version: w.key_version }.into());
+            }
+            Err(KmsError::FailedPrecondition(_)) => {
+                return Err(KeyError::VersionDestroyed { name: w.key_name.clone(), version: w.key_version }.into());
+            }
+            Err(e) => return Err(kms_to_provider(e)),
+        };
+        let key = crypto_core::keywrap::unwrap(
+            Backend::AwsLc,
+            kek.expose_secret(),
+            DATA_KEY_LABEL,
+            &data_key_aad(&w.key_name, w.key_version),
+            &w.blob,
+        )
+        .ok_or(ProviderError::UnwrapFailed)?;
+        Ok(DataKey::from_bytes(*key))
+    }
+}
