@@ -10,8 +10,11 @@
 //! * [`kms`]: the KMS operations (key lifecycle, encrypt/decrypt/re-encrypt, data keys,
 //!   secrets) over a store and a root key, independent of transport.
 //!
-//! The gRPC API (`kms.v1`), the server binary and `kmsctl` build on these.
+//! * [`grpc`], [`server`]: the `kms.v1` gRPC service (plus health and reflection) on a
+//!   Unix socket; the `kms-sidecar` binary serves it.
 
+pub mod grpc;
 pub mod keystore;
 pub mod kms;
 pub mod root_key;
+pub mod server;

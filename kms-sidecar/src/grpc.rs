@@ -1,0 +1,260 @@
+//! The `kms.v1` gRPC service: each RPC runs the [`Kms`] operation on a blocking thread
+//! (the stores are synchronous) and maps its error to a precise status code.
+//!
+//! | error | code |
+//! |---|---|
+//! | unknown key, version or secret | `NOT_FOUND` |
+//! | name taken | `ALREADY_EXISTS` |
+//! | key disabled, pending deletion, destroyed; version below minimum or destroyed | `FAILED_PRECONDITION` |
+//! | bad name, bad context, malformed ciphertext, failed decryption (coarse) | `INVALID_ARGUMENT` |
+//! | payload larger than the configured limit | `RESOURCE_EXHAUSTED` |
+//! | concurrent updates of one key exhausted the retries | `ABORTED` |
+//! | keystore unreachable | `UNAVAILABLE` |
+//! | inconsistent stored data | `INTERNAL` |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::keystore::KeyRecord;
+use crate::kms::{Kms, KmsError};
+
+/// Generated protobuf types and service stubs of `kms.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, unused_qualifications)]
+pub mod pb {
+    tonic::include_proto!("kms.v1");
+
+    /// Encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kms_v1_descriptor");
+}
+
+use pb::kms_server::Kms as KmsRpc;
+
+/// Maps an operation error to a gRPC status. Messages carry names and versions only.
+pub fn status(e: KmsError) -> Status {
+    match e {
+        KmsError::NotFound(m) => Status::not_found(m),
+        KmsError::AlreadyExists(m) => Status::already_exists(m),
+        KmsError::FailedPrecondition(m) => Status::failed_precondition(m),
+        KmsError::InvalidArgument(m) => Status::invalid_argument(m),
+        e @ KmsError::DecryptFailed => Status::invalid_argument(e.to_string()),
+        KmsError::Aborted(m) => Status::aborted(m),
+        KmsError::Unavailable(m) => Status::unavailable(m),
+        KmsError::Internal(m) => Status::internal(m),
+    }
+}
+
+/// The gRPC service over a [`Kms`].
+#[derive(Debug, Clone)]
+pub struct KmsService {
+    kms: Arc<Kms>,
+    max_payload: usize,
+}
+
+impl KmsService {
+    /// A service over `kms` accepting payloads (plaintexts, ciphertexts, secret values) of
+    /// at most `max_payload` bytes; larger ones get `RESOURCE_EXHAUSTED`.
+    pub fn new(kms: Arc<Kms>, max_payload: usize) -> Self {
+        Self { kms, max_payload }
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.max_payload {
+            return Err(Status::resource_exhausted(format!(
+                "payload of {len} bytes exceeds the limit of {} bytes",
+                self.max_payload
+            )));
+        }
+        Ok(())
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Kms) -> Result<T, KmsError> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let kms = self.kms.clone();
+        match tokio::task::spawn_blocking(move || f(&kms)).await {
+            Ok(result) => result.map(Response::new).map_err(status),
+            Err(_) => Err(Status::internal("operation panicked")),
+        }
+    }
+}
+
+fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
+    use crypto_core::keys::KeyState as S;
+    let (state, delete_after) = match k.state {
+        S::Enabled => (pb::KeyState::Enabled, 0),
+        S::Disabled => (pb::KeyState::Disabled, 0),
+        S::PendingDeletion { delete_after } => (pb::KeyState::PendingDeletion, delete_after as i64),
+        _ => (pb::KeyState::Destroyed, 0),
+    };
+    pb::KeyMetadata {
+        name: k.name.clone(),
+        state: state as i32,
+        primary_version: k.primary_version,
+        min_decrypt_version: k.min_decrypt_version,
+        created_at_unix: k.created_at,
+        delete_after_unix: delete_after,
+        versions: k
+            .versions
+            .iter()
+            .map(|v| pb::KeyVersion {
+                version: v.version,
+                created_at_unix: v.created_at,
+                destroyed_at_unix: v.destroyed_at.unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+fn context(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+#[tonic::async_trait]
+impl KmsRpc for KmsService {
+    async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.create_key(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn describe_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.describe_key(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn list_keys(&self, _: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.run(|k| Ok(pb::ListKeysResponse { keys: k.list_keys()?.iter().map(metadata).collect() })).await
+    }
+
+    async fn rotate_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.rotate_key(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn enable_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.enable_key(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn disable_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.disable_key(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        r: Request<pb::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k))).await
+    }
+
+    async fn cancel_key_deletion(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.cancel_key_deletion(&name).map(|k| metadata(&k))).await
+    }
+
+    async fn set_min_decrypt_version(
+        &self,
+        r: Request<pb::SetMinDecryptVersionRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k))).await
+    }
+
+    async fn encrypt(&self, r: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        let r = r.into_inner();
+        self.check_size(r.plaintext.len())?;
+        self.run(move |k| {
+            let (ciphertext, key_version) = k.encrypt(&r.key_name, &r.plaintext, &context(r.context))?;
+            Ok(pb::EncryptResponse { ciphertext, key_name: r.key_name, key_version })
+        })
+        .await
+    }
+
+    async fn decrypt(&self, r: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        let r = r.into_inner();
+        self.check_size(r.ciphertext.len())?;
+        self.run(move |k| {
+            let (plaintext, key_name, key_version) = k.decrypt(&r.ciphertext, &context(r.context))?;
+            Ok(pb::DecryptResponse { plaintext: plaintext.expose_secret().to_vec(), key_name, key_version })
+        })
+        .await
+    }
+
+    async fn re_encrypt(&self, r: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        let r = r.into_inner();
+        self.check_size(r.ciphertext.len())?;
+        self.run(move |k| {
+            let (ciphertext, source_key_version, key_version) = k.re_encrypt(&r.ciphertext)?;
+            Ok(pb::ReEncryptResponse { ciphertext, source_key_version, key_version })
+        })
+        .await
+    }
+
+    async fn generate_data_key(
+        &self,
+        r: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| {
+            let (dk, w) = k.generate_data_key(&r.key_name)?;
+            Ok(pb::GenerateDataKeyResponse {
+                plaintext: if r.without_plaintext { Vec::new() } else { dk.expose_secret().to_vec() },
+                wrapped: Some(pb::WrappedDataKey {
+                    provider_id: w.provider_id,
+                    key_name: w.key_name,
+                    key_version: w.key_version,
+                    blob: w.blob,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn put_secret(&self, r: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
+        let r = r.into_inner();
+        self.check_size(r.value.len())?;
+        self.run(move |k| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? })).await
+    }
+
+    async fn get_secret(&self, r: Request<pb::GetSecretRequest>) -> Result<Response<pb::GetSecretResponse>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| {
+            let s = k.get_secret(&r.name, (r.version != 0).then_some(r.version))?;
+            Ok(pb::GetSecretResponse {
+                value: s.value.expose_secret().to_vec(),
+                version: s.version,
+                key_name: s.key_name,
+                created_at_unix: s.created_at,
+            })
+        })
+        .await
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        self.run(|k| {
+            Ok(pb::ListSecretsResponse {
+                secrets: k
+                    .list_secrets()?
+                    .into_iter()
+                    .map(|s| pb::SecretInfo { name: s.name, latest_version: s.latest_version, key_name: s.key_name })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_secret(
+        &self,
+        r: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        let name = r.into_inner().name;
+        self.run(move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {})).await
+    }
+}

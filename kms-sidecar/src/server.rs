@@ -1,0 +1,81 @@
+//! Serving `kms.v1`, the standard gRPC health service and server reflection on a Unix
+//! domain socket (mode 0600 by default).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::grpc::{KmsService, pb};
+use crate::kms::Kms;
+
+/// Default largest accepted request message: 4 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Binding or preparing the socket failed.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Building the reflection service failed.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the
+/// socket file. A stale socket file from an earlier run is replaced; a path that exists and
+/// is not a socket is refused.
+pub async fn serve_unix(
+    kms: Arc<Kms>,
+    path: &Path,
+    mode: u32,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sock_err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(sock_err)?,
+        Ok(_) => {
+            return Err(sock_err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::kms_server::KmsServer<KmsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // The service enforces `max_request_bytes` on payloads (RESOURCE_EXHAUSTED); the
+    // transport's own cap, 1 MiB above it, bounds memory for anything larger (tonic
+    // answers OUT_OF_RANGE there).
+    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, max_request_bytes))
+        .max_decoding_message_size(max_request_bytes + (1 << 20))
+        .max_encoding_message_size(max_request_bytes + (1 << 20));
+
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(path);
+    Ok(result?)
+}

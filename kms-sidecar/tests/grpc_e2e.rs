@@ -1,0 +1,225 @@
+//! End to end: the real `kms-sidecar serve` process on a Unix socket in a temp dir, driven
+//! by a gRPC client; SIGTERM shutdown; restart keeps everything. Run on SQLite and on
+//! PostgreSQL (fresh schema).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_sidecar::grpc::pb;
+use kms_sidecar::grpc::pb::kms_client::KmsClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+mod common;
+
+struct Sidecar {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Sidecar {
+    fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let socket = data_dir.join("kms.sock");
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--max-request-bytes", "65536"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "sidecar did not create its socket within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "sidecar exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "sidecar did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!self.socket.exists(), "socket file removed on shutdown");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::1]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn ctx(tenant: &str) -> std::collections::HashMap<String, String> {
+    [("tenant".to_owned(), tenant.to_owned())].into_iter().collect()
+}
+
+fn scenario(extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let sidecar = Sidecar::start(&data, extra);
+    let (ciphertext, secret_version) = rt.block_on(async {
+        let channel = connect(&sidecar.socket).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "kms.v1.Kms".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+        let mut kms = KmsClient::new(channel);
+        let key = kms.create_key(pb::CreateKeyRequest { name: "tenant-a/db".into() }).await.unwrap().into_inner();
+        assert_eq!((key.primary_version, key.state), (1, pb::KeyState::Enabled as i32));
+        let err = kms.create_key(pb::CreateKeyRequest { name: "tenant-a/db".into() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+        let err = kms.create_key(pb::CreateKeyRequest { name: "../etc".into() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        let enc = kms
+            .encrypt(pb::EncryptRequest {
+                key_name: "tenant-a/db".into(),
+                plaintext: b"hello".to_vec(),
+                context: ctx("a"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let dec = kms
+            .decrypt(pb::DecryptRequest { ciphertext: enc.ciphertext.clone(), context: ctx("a") })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dec.plaintext, b"hello");
+        let err = kms
+            .decrypt(pb::DecryptRequest { ciphertext: enc.ciphertext.clone(), context: ctx("b") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "wrong context");
+        assert!(!err.message().contains("hello"));
+        let err = kms
+            .encrypt(pb::EncryptRequest { key_name: "nope".into(), plaintext: b"x".to_vec(), context: ctx("a") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = kms
+            .encrypt(pb::EncryptRequest {
+                key_name: "tenant-a/db".into(),
+                plaintext: vec![0; 70_000],
+                context: ctx("a"),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+
+        let rotated = kms.rotate_key(pb::KeyRef { name: "tenant-a/db".into() }).await.unwrap().into_inner();
+        assert_eq!(rotated.primary_version, 2);
+        let re =
+            kms.re_encrypt(pb::ReEncryptRequest { ciphertext: enc.ciphertext.clone() }).await.unwrap().into_inner();
+        assert_eq!((re.source_key_version, re.key_version), (1, 2));
+
+        kms.disable_key(pb::KeyRef { name: "tenant-a/db".into() }).await.unwrap();
+        let err = kms
+            .decrypt(pb::DecryptRequest { ciphertext: enc.ciphertext.clone(), context: ctx("a") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        kms.enable_key(pb::KeyRef { name: "tenant-a/db".into() }).await.unwrap();
+
+        let dk = kms
+            .generate_data_key(pb::GenerateDataKeyRequest { key_name: "tenant-a/db".into(), without_plaintext: false })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dk.plaintext.len(), 32);
+        assert_eq!(dk.wrapped.unwrap().key_version, 2);
+
+        let put = kms
+            .put_secret(pb::PutSecretRequest {
+                name: "db/password".into(),
+                key_name: "tenant-a/db".into(),
+                value: b"hunter2".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (re.ciphertext, put.version)
+    });
+    sidecar.stop();
+
+    // Restart: keys, versions and secrets persisted; old ciphertexts decrypt.
+    let sidecar = Sidecar::start(&data, extra);
+    rt.block_on(async {
+        let mut kms = KmsClient::new(connect(&sidecar.socket).await);
+        let keys = kms.list_keys(pb::ListKeysRequest {}).await.unwrap().into_inner().keys;
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].versions.len(), 2);
+        let dec = kms.decrypt(pb::DecryptRequest { ciphertext, context: ctx("a") }).await.unwrap().into_inner();
+        assert_eq!((dec.plaintext.as_slice(), dec.key_version), (&b"hello"[..], 2));
+        let s =
+            kms.get_secret(pb::GetSecretRequest { name: "db/password".into(), version: 0 }).await.unwrap().into_inner();
+        assert_eq!((s.value.as_slice(), s.version), (&b"hunter2"[..], secret_version));
+    });
+    sidecar.stop();
+}
+
+#[test]
+fn sqlite_sidecar_end_to_end_with_restart() {
+    scenario(&[]);
+}
+
+#[test]
+fn postgres_sidecar_end_to_end_with_restart() {
+    let Some(pg) = common::PgSchema::new() else { return };
+    scenario(&["--postgres", &pg.config]);
+}
+
+#[test]
+fn refuses_to_start_without_root_key_when_keys_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Sidecar::start(&data, &[]).stop();
+    // Create a key through the library so the store is non-empty, then lose the root key.
+    {
+        let store = std::sync::Arc::new(kms_sidecar::keystore::SqliteStore::open(data.join("keystore.db")).unwrap());
+        let root = kms_sidecar::root_key::LocalRootKey::load_or_create(data.join("root.key"), true).unwrap();
+        kms_sidecar::kms::Kms::new(store, root).create_key("k").unwrap();
+    }
+    std::fs::remove_file(data.join("root.key")).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_kms-sidecar")).args(["serve", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("root key") && stderr.contains("missing"), "{stderr}");
+    assert!(!data.join("root.key").exists(), "no new root key generated");
+}
