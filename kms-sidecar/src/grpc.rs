@@ -108,6 +108,21 @@ fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
     }
 }
 
+/// Protobuf form of a wrapped data key.
+pub fn wrapped_to_pb(w: crypto_core::provider::WrappedKey) -> pb::WrappedDataKey {
+    pb::WrappedDataKey { provider_id: w.provider_id, key_name: w.key_name, key_version: w.key_version, blob: w.blob }
+}
+
+/// A wrapped data key from its protobuf form.
+pub fn wrapped_from_pb(w: pb::WrappedDataKey) -> crypto_core::provider::WrappedKey {
+    crypto_core::provider::WrappedKey {
+        provider_id: w.provider_id,
+        key_name: w.key_name,
+        key_version: w.key_version,
+        blob: w.blob,
+    }
+}
+
 fn context(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
 }
@@ -203,15 +218,29 @@ impl KmsRpc for KmsService {
             let (dk, w) = k.generate_data_key(&r.key_name)?;
             Ok(pb::GenerateDataKeyResponse {
                 plaintext: if r.without_plaintext { Vec::new() } else { dk.expose_secret().to_vec() },
-                wrapped: Some(pb::WrappedDataKey {
-                    provider_id: w.provider_id,
-                    key_name: w.key_name,
-                    key_version: w.key_version,
-                    blob: w.blob,
-                }),
+                wrapped: Some(wrapped_to_pb(w)),
             })
         })
         .await
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        r: Request<pb::WrappedDataKey>,
+    ) -> Result<Response<pb::DecryptDataKeyResponse>, Status> {
+        let w = wrapped_from_pb(r.into_inner());
+        self.run(move |k| {
+            Ok(pb::DecryptDataKeyResponse { plaintext: k.decrypt_data_key(&w)?.expose_secret().to_vec() })
+        })
+        .await
+    }
+
+    async fn re_encrypt_data_key(
+        &self,
+        r: Request<pb::WrappedDataKey>,
+    ) -> Result<Response<pb::WrappedDataKey>, Status> {
+        let w = wrapped_from_pb(r.into_inner());
+        self.run(move |k| Ok(wrapped_to_pb(k.re_encrypt_data_key(&w)?))).await
     }
 
     async fn put_secret(&self, r: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {

@@ -343,6 +343,18 @@ impl Kms {
         Ok((g.data_key, wrapped))
     }
 
+    /// Unwraps a data key made by [`Kms::generate_data_key`].
+    pub fn decrypt_data_key(&self, wrapped: &WrappedKey) -> Result<DataKey, KmsError> {
+        Ok(KeyProvider::unwrap(self, std::slice::from_ref(wrapped))?)
+    }
+
+    /// Re-wraps a data key under the primary version of its key, inside the server.
+    pub fn re_encrypt_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey, KmsError> {
+        let dk = self.decrypt_data_key(wrapped)?;
+        let mut out = KeyProvider::wrap(self, &wrapped.key_name, &dk)?;
+        out.pop().ok_or_else(|| KmsError::Internal("no wrapped key".into()))
+    }
+
     fn secret_context(name: &str) -> BTreeMap<String, String> {
         BTreeMap::from([("kms-secret".to_owned(), name.to_owned())])
     }

@@ -10,9 +10,12 @@
 //! * [`kms`]: the KMS operations (key lifecycle, encrypt/decrypt/re-encrypt, data keys,
 //!   secrets) over a store and a root key, independent of transport.
 //!
+//! * [`client`]: a blocking client and [`client::SidecarProvider`], crypto-core's
+//!   `KeyProvider` backed by the sidecar (used by `kmsctl`).
 //! * [`grpc`], [`server`]: the `kms.v1` gRPC service (plus health and reflection) on a
 //!   Unix socket; the `kms-sidecar` binary serves it.
 
+pub mod client;
 pub mod grpc;
 pub mod keystore;
 pub mod kms;

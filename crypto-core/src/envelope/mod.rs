@@ -385,6 +385,25 @@ impl<P: KeyProvider> Envelope<P> {
     }
 }
 
+/// Rewraps a stream from `reader` to `writer` (body copied through unchanged) with
+/// `rewrap` computing the new wrapped keys from the old ones, for providers that can
+/// re-wrap without releasing the data key (a KMS's ReEncrypt).
+pub fn rewrap_stream_with<R: Read, W: Write>(
+    mut reader: R,
+    mut writer: W,
+    rewrap: impl FnOnce(&[crate::provider::WrappedKey]) -> Result<Vec<crate::provider::WrappedKey>, ProviderError>,
+) -> Result<u64, EnvelopeError> {
+    let mut header = Header::read_from(&mut reader)?;
+    let wrapped = rewrap(&header.wrapped)?;
+    header::validate_wrapped(&wrapped)?;
+    header.wrapped = wrapped;
+    let encoded = header.encode();
+    writer.write_all(&encoded)?;
+    let body = std::io::copy(&mut reader, &mut writer)?;
+    writer.flush()?;
+    Ok(encoded.len() as u64 + body)
+}
+
 /// Derives the message keys of `header` under `data_key` and checks the commitment.
 pub(crate) fn message_keys(
     backend: Backend,

@@ -1,6 +1,62 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `kms-sidecar serve` process.
+pub(crate) struct Sidecar {
+    child: Child,
+    /// Its socket.
+    pub(crate) socket: PathBuf,
+}
+
+impl Sidecar {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let socket = data_dir.join("kms.sock");
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--max-request-bytes", "65536"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "sidecar did not create its socket within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub(crate) fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "sidecar exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "sidecar did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!self.socket.exists(), "socket file removed on shutdown");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A fresh schema on the test server, dropped at the end; None (with a loud notice) when
 /// the server is unreachable outside CI.
 pub(crate) struct PgSchema {

@@ -1,0 +1,379 @@
+//! `kmsctl`: command-line client of the KMS sidecar.
+//!
+//! The endpoint comes from `--endpoint` or `KMS_ENDPOINT` (`unix:///path/kms.sock`;
+//! default `unix://./kms-data/kms.sock`). `encrypt`/`decrypt` seal and open files locally in
+//! the crypto-core envelope format with data keys from the sidecar, streaming any size in
+//! constant memory; the output appears only when complete (temporary file, mode 0600,
+//! renamed on success), so a failed decrypt leaves no output file. Every command exits
+//! non-zero with a one-line error on failure; `--json` prints machine-readable output.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crypto_core::envelope::{EncryptionContext, Envelope, rewrap_stream_with};
+use kms_sidecar::client::{SidecarClient, SidecarProvider};
+use kms_sidecar::grpc::pb;
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(name = "kmsctl", version, about = "Client of the KMS sidecar")]
+struct Cli {
+    /// Sidecar endpoint (unix:///path/kms.sock).
+    #[arg(long, env = "KMS_ENDPOINT", default_value = "unix://./kms-data/kms.sock", global = true)]
+    endpoint: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Key administration.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Encrypt a file (envelope format, data key from the sidecar).
+    Encrypt {
+        /// Key to encrypt under.
+        #[arg(long)]
+        key: String,
+        /// Encryption context entry (repeatable).
+        #[arg(long = "context", value_name = "K=V")]
+        context: Vec<String>,
+        /// Input file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output file (written atomically).
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Decrypt a file from `encrypt`.
+    Decrypt {
+        /// Encryption context entry (repeatable), as at encryption.
+        #[arg(long = "context", value_name = "K=V")]
+        context: Vec<String>,
+        /// Input file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output file (written only if the whole input authenticates).
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Re-wrap a file's data key under its key's primary version (body unchanged).
+    Rewrap {
+        /// Input file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output file.
+        #[arg(long = "out")]
+        output: PathBuf,
+    },
+    /// Generate a data key (prints the plaintext and wrapped forms, hex).
+    Datakey {
+        /// Key to wrap it under.
+        #[arg(long)]
+        key: String,
+    },
+    /// Versioned secrets.
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key.
+    Create { name: String },
+    /// Describe a key.
+    Describe { name: String },
+    /// List keys.
+    List,
+    /// Add a new primary version.
+    Rotate { name: String },
+    /// Enable a disabled key.
+    Enable { name: String },
+    /// Disable a key.
+    Disable { name: String },
+    /// Schedule destruction after a waiting period.
+    ScheduleDeletion {
+        name: String,
+        /// Waiting period in seconds (default 7 days).
+        #[arg(long, default_value_t = 7 * 86400)]
+        seconds: u64,
+    },
+    /// Cancel a scheduled deletion (the key becomes disabled).
+    CancelDeletion { name: String },
+    /// Set the lowest version allowed to decrypt.
+    SetMinDecryptVersion { name: String, version: u32 },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store a new version.
+    Put {
+        name: String,
+        /// Key to seal it under.
+        #[arg(long)]
+        key: String,
+        /// The value.
+        #[arg(long, conflicts_with = "from_file")]
+        value: Option<String>,
+        /// Read the value from a file.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Print the newest (or a given) version.
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// List secrets.
+    List,
+    /// Delete every version.
+    Delete { name: String },
+}
+
+fn context(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--context {kv:?}: expected K=V").into())
+        })
+        .collect()
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::KeyState::try_from(state) {
+        Ok(pb::KeyState::Enabled) => "enabled",
+        Ok(pb::KeyState::Disabled) => "disabled",
+        Ok(pb::KeyState::PendingDeletion) => "pending_deletion",
+        Ok(pb::KeyState::Destroyed) => "destroyed",
+        _ => "unknown",
+    }
+}
+
+fn key_json(k: &pb::KeyMetadata) -> Value {
+    json!({
+        "name": k.name, "state": state_name(k.state), "primary_version": k.primary_version,
+        "min_decrypt_version": k.min_decrypt_version, "created_at": k.created_at_unix,
+        "delete_after": k.delete_after_unix, "versions": k.versions.iter().map(|v| json!({
+            "version": v.version, "created_at": v.created_at_unix, "destroyed_at": v.destroyed_at_unix})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_key(json_out: bool, k: &pb::KeyMetadata) {
+    if json_out {
+        println!("{}", key_json(k));
+    } else {
+        println!(
+            "{}\tstate={}\tprimary=v{}\tmin_decrypt=v{}\tversions={}",
+            k.name,
+            state_name(k.state),
+            k.primary_version,
+            k.min_decrypt_version,
+            k.versions.len()
+        );
+    }
+}
+
+/// Writes through `f` into a 0600 temporary file beside `out`, renamed over `out` only on
+/// success; removed on failure.
+fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.{}-{nanos}.partial", std::process::id()));
+    let result = (|| {
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        f(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, out)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let client = SidecarClient::connect(&cli.endpoint)?;
+    let j = cli.json;
+    match cli.command {
+        Cmd::Key(cmd) => {
+            let key = match cmd {
+                KeyCmd::List => {
+                    let keys = client.call(|mut c| async move { c.list_keys(pb::ListKeysRequest {}).await })?.keys;
+                    if j {
+                        println!("{}", Value::Array(keys.iter().map(key_json).collect()));
+                    } else {
+                        keys.iter().for_each(|k| print_key(false, k));
+                    }
+                    return Ok(());
+                }
+                KeyCmd::Create { name } => {
+                    client.call(|mut c| async move { c.create_key(pb::CreateKeyRequest { name }).await })?
+                }
+                KeyCmd::Describe { name } => {
+                    client.call(|mut c| async move { c.describe_key(pb::KeyRef { name }).await })?
+                }
+                KeyCmd::Rotate { name } => {
+                    client.call(|mut c| async move { c.rotate_key(pb::KeyRef { name }).await })?
+                }
+                KeyCmd::Enable { name } => {
+                    client.call(|mut c| async move { c.enable_key(pb::KeyRef { name }).await })?
+                }
+                KeyCmd::Disable { name } => {
+                    client.call(|mut c| async move { c.disable_key(pb::KeyRef { name }).await })?
+                }
+                KeyCmd::ScheduleDeletion { name, seconds } => client.call(|mut c| async move {
+                    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest { name, pending_window_seconds: seconds })
+                        .await
+                })?,
+                KeyCmd::CancelDeletion { name } => {
+                    client.call(|mut c| async move { c.cancel_key_deletion(pb::KeyRef { name }).await })?
+                }
+                KeyCmd::SetMinDecryptVersion { name, version } => client.call(|mut c| async move {
+                    c.set_min_decrypt_version(pb::SetMinDecryptVersionRequest { name, min_decrypt_version: version })
+                        .await
+                })?,
+            };
+            print_key(j, &key);
+        }
+        Cmd::Encrypt { key, context: ctx, input, output } => {
+            let ctx = EncryptionContext::from(context(&ctx)?);
+            let envelope = Envelope::new(SidecarProvider::new(client));
+            let mut reader =
+                BufReader::with_capacity(1 << 20, File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?);
+            let mut bytes = 0u64;
+            write_atomically(&output, |w| {
+                let mut sealer = envelope.encrypting_writer(w, &key, &ctx)?;
+                bytes = std::io::copy(&mut reader, &mut sealer)?;
+                sealer.finish()?;
+                Ok(())
+            })?;
+            if j {
+                println!("{}", json!({"in": input, "out": output, "bytes": bytes, "key": key}));
+            } else {
+                println!("encrypted {bytes} bytes to {}", output.display());
+            }
+        }
+        Cmd::Decrypt { context: ctx, input, output } => {
+            let ctx = EncryptionContext::from(context(&ctx)?);
+            let envelope = Envelope::new(SidecarProvider::new(client));
+            let file = File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let mut reader = envelope.decrypting_reader(BufReader::with_capacity(1 << 20, file), &ctx)?;
+            let mut bytes = 0u64;
+            write_atomically(&output, |w| {
+                bytes = std::io::copy(&mut reader, w)?;
+                Ok(())
+            })?;
+            if j {
+                println!("{}", json!({"in": input, "out": output, "bytes": bytes}));
+            } else {
+                println!("decrypted {bytes} bytes to {}", output.display());
+            }
+        }
+        Cmd::Rewrap { input, output } => {
+            let provider = SidecarProvider::new(client);
+            let reader =
+                BufReader::with_capacity(1 << 20, File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?);
+            write_atomically(&output, |w| {
+                rewrap_stream_with(reader, w, |wrapped| provider.rewrap(wrapped))?;
+                Ok(())
+            })?;
+            let mut head = Vec::new();
+            File::open(&output)?.take(70 * 1024).read_to_end(&mut head)?;
+            let (header, _) = crypto_core::envelope::Header::parse(&head)?;
+            if j {
+                println!("{}", json!({"out": output, "key": header.key_name(), "key_version": header.key_version()}));
+            } else {
+                println!("rewrapped to {} v{} in {}", header.key_name(), header.key_version(), output.display());
+            }
+        }
+        Cmd::Datakey { key } => {
+            let resp = client.call(|mut c| async move {
+                c.generate_data_key(pb::GenerateDataKeyRequest { key_name: key, without_plaintext: false }).await
+            })?;
+            let w = resp.wrapped.ok_or("sidecar returned no wrapped key")?;
+            let out = json!({"plaintext": hex::encode(&resp.plaintext), "key": w.key_name, "key_version": w.key_version,
+                             "provider_id": w.provider_id, "wrapped": hex::encode(&w.blob)});
+            if j {
+                println!("{out}");
+            } else {
+                println!(
+                    "plaintext\t{}\nwrapped\t{} v{} {}",
+                    out["plaintext"], w.key_name, w.key_version, out["wrapped"]
+                );
+            }
+        }
+        Cmd::Secret(cmd) => match cmd {
+            SecretCmd::Put { name, key, value, from_file } => {
+                let value = match (value, from_file) {
+                    (Some(v), None) => v.into_bytes(),
+                    (None, Some(f)) => fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?,
+                    _ => return Err("give exactly one of --value or --from-file".into()),
+                };
+                let v = client.call(|mut c| async move {
+                    c.put_secret(pb::PutSecretRequest { name, key_name: key, value }).await
+                })?;
+                if j {
+                    println!("{}", json!({"version": v.version}));
+                } else {
+                    println!("version {}", v.version);
+                }
+            }
+            SecretCmd::Get { name, version } => {
+                let s = client.call(|mut c| async move {
+                    c.get_secret(pb::GetSecretRequest { name, version: version.unwrap_or(0) }).await
+                })?;
+                if j {
+                    println!(
+                        "{}",
+                        json!({"value": String::from_utf8_lossy(&s.value), "version": s.version, "key": s.key_name})
+                    );
+                } else {
+                    std::io::stdout().write_all(&s.value)?;
+                    println!();
+                }
+            }
+            SecretCmd::List => {
+                let list = client.call(|mut c| async move { c.list_secrets(pb::ListSecretsRequest {}).await })?;
+                for s in &list.secrets {
+                    if j {
+                        println!("{}", json!({"name": s.name, "latest_version": s.latest_version, "key": s.key_name}));
+                    } else {
+                        println!("{}\tv{}\t{}", s.name, s.latest_version, s.key_name);
+                    }
+                }
+            }
+            SecretCmd::Delete { name } => {
+                client.call(|mut c| async move { c.delete_secret(pb::DeleteSecretRequest { name }).await })?;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kmsctl: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
