@@ -26,11 +26,19 @@ impl Sidecar {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "sidecar did not create its socket within 30 s");
+        // Wait until the socket accepts connections (a stale file from a killed run may
+        // exist before the new process replaces it).
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "sidecar did not accept connections within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, socket }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub(crate) fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
