@@ -21,7 +21,7 @@ cargo test --workspace
 step "benchmarks compile and run once in test mode"
 cargo test -q -p cryptocore-benches --benches
 
-step "main job: filecrypt demo"
+step "library demo: filecrypt (the README main job is the sidecar; it is exercised by the kms-sidecar tests)"
 cargo run -q -p crypto-core --example filecrypt -- demo
 
 step "independent Python decryptor (docs/reference) against the published vectors"

@@ -45,6 +45,14 @@ pub fn status(e: KmsError) -> Status {
     }
 }
 
+/// Most items in one BatchEncrypt/BatchDecrypt.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+fn item_error(e: KmsError) -> pb::ItemError {
+    let st = status(e);
+    pb::ItemError { code: st.code() as i32, message: st.message().to_owned() }
+}
+
 /// The gRPC service over a [`Kms`].
 #[derive(Debug, Clone)]
 pub struct KmsService {
@@ -57,6 +65,15 @@ impl KmsService {
     /// at most `max_payload` bytes; larger ones get `RESOURCE_EXHAUSTED`.
     pub fn new(kms: Arc<Kms>, max_payload: usize) -> Self {
         Self { kms, max_payload }
+    }
+
+    fn check_batch(&self, items: usize, total: usize) -> Result<(), Status> {
+        if items > MAX_BATCH_ITEMS {
+            return Err(Status::resource_exhausted(format!(
+                "{items} items exceed the batch limit of {MAX_BATCH_ITEMS}"
+            )));
+        }
+        self.check_size(total)
     }
 
     fn check_size(&self, len: usize) -> Result<(), Status> {
@@ -195,6 +212,62 @@ impl KmsRpc for KmsService {
         self.run(move |k| {
             let (plaintext, key_name, key_version) = k.decrypt(&r.ciphertext, &context(r.context))?;
             Ok(pb::DecryptResponse { plaintext: plaintext.expose_secret().to_vec(), key_name, key_version })
+        })
+        .await
+    }
+
+    async fn batch_encrypt(
+        &self,
+        r: Request<pb::BatchEncryptRequest>,
+    ) -> Result<Response<pb::BatchEncryptResponse>, Status> {
+        let r = r.into_inner();
+        self.check_batch(r.items.len(), r.items.iter().map(|i| i.plaintext.len()).sum())?;
+        self.run(move |k| {
+            let results = r
+                .items
+                .into_iter()
+                .map(|item| {
+                    let result = match k.encrypt(&item.key_name, &item.plaintext, &context(item.context)) {
+                        Ok((ciphertext, key_version)) => pb::batch_encrypt_result::Result::Ok(pb::EncryptResponse {
+                            ciphertext,
+                            key_name: item.key_name,
+                            key_version,
+                        }),
+                        Err(e) => pb::batch_encrypt_result::Result::Error(item_error(e)),
+                    };
+                    pb::BatchEncryptResult { result: Some(result) }
+                })
+                .collect();
+            Ok(pb::BatchEncryptResponse { results })
+        })
+        .await
+    }
+
+    async fn batch_decrypt(
+        &self,
+        r: Request<pb::BatchDecryptRequest>,
+    ) -> Result<Response<pb::BatchDecryptResponse>, Status> {
+        let r = r.into_inner();
+        self.check_batch(r.items.len(), r.items.iter().map(|i| i.ciphertext.len()).sum())?;
+        self.run(move |k| {
+            let results = r
+                .items
+                .into_iter()
+                .map(|item| {
+                    let result = match k.decrypt(&item.ciphertext, &context(item.context)) {
+                        Ok((plaintext, key_name, key_version)) => {
+                            pb::batch_decrypt_result::Result::Ok(pb::DecryptResponse {
+                                plaintext: plaintext.expose_secret().to_vec(),
+                                key_name,
+                                key_version,
+                            })
+                        }
+                        Err(e) => pb::batch_decrypt_result::Result::Error(item_error(e)),
+                    };
+                    pb::BatchDecryptResult { result: Some(result) }
+                })
+                .collect();
+            Ok(pb::BatchDecryptResponse { results })
         })
         .await
     }

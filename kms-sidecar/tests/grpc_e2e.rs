@@ -92,6 +92,49 @@ fn scenario(extra: &[&str]) {
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
 
+        // Batches: per-item results, partial failure allowed.
+        let item = |key: &str, pt: &[u8]| pb::EncryptRequest {
+            key_name: key.into(),
+            plaintext: pt.to_vec(),
+            context: ctx("a"),
+        };
+        let batch = kms
+            .batch_encrypt(pb::BatchEncryptRequest {
+                items: vec![item("tenant-a/db", b"one"), item("nope", b"two"), item("tenant-a/db", b"three")],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        use pb::batch_decrypt_result::Result as D;
+        use pb::batch_encrypt_result::Result as E;
+        let cts: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|r| match r.result.as_ref().unwrap() {
+                E::Ok(ok) => Some(ok.ciphertext.clone()),
+                E::Error(e) => {
+                    assert_eq!(e.code, Code::NotFound as i32);
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(cts.len(), 2);
+        let dec = kms
+            .batch_decrypt(pb::BatchDecryptRequest {
+                items: vec![
+                    pb::DecryptRequest { ciphertext: cts[0].clone(), context: ctx("a") },
+                    pb::DecryptRequest { ciphertext: cts[1].clone(), context: ctx("b") },
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert!(matches!(dec[0].result.as_ref().unwrap(), D::Ok(ok) if ok.plaintext == b"one"));
+        assert!(matches!(dec[1].result.as_ref().unwrap(), D::Error(e) if e.code == Code::InvalidArgument as i32));
+        let too_many = pb::BatchEncryptRequest { items: (0..1001).map(|_| item("tenant-a/db", b"x")).collect() };
+        assert_eq!(kms.batch_encrypt(too_many).await.unwrap_err().code(), Code::ResourceExhausted);
+
         let rotated = kms.rotate_key(pb::KeyRef { name: "tenant-a/db".into() }).await.unwrap().into_inner();
         assert_eq!(rotated.primary_version, 2);
         let re =
