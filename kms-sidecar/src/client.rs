@@ -2,8 +2,9 @@
 //! [`KeyProvider`] backed by the sidecar, so Rust services (and `kmsctl`) seal and open
 //! with data keys the sidecar generates and unwraps, while KEKs never leave it.
 //!
-//! Endpoints: `unix:///path/to/kms.sock` (TLS over TCP is not available yet). The client
-//! owns a small Tokio runtime; do not call it from inside another async runtime's worker.
+//! Endpoints: `unix:///path/to/kms.sock`, or `https://HOST:PORT` with [`TlsOptions`] (the
+//! server's CA, and a client certificate when the sidecar requires mTLS). The client owns
+//! a small Tokio runtime; do not call it from inside another async runtime's worker.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -20,7 +21,7 @@ use crate::grpc::{pb, wrapped_from_pb, wrapped_to_pb};
 #[non_exhaustive]
 pub enum ClientError {
     /// The endpoint string is not supported.
-    #[error("unsupported endpoint {0:?}: use unix:///path/to/kms.sock")]
+    #[error("unsupported endpoint {0:?}: use unix:///path/to/kms.sock or https://HOST:PORT")]
     Endpoint(String),
     /// Connecting failed.
     #[error("cannot connect to {endpoint}: {message}")]
@@ -48,6 +49,22 @@ fn code_name(code: tonic::Code) -> String {
     })
 }
 
+/// TLS settings for `https://` endpoints (PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA that signed the sidecar's certificate; required for `https://`.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key for mTLS.
+    pub client_key: Option<PathBuf>,
+}
+
+fn read(path: &std::path::Path, endpoint: &str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: format!("{}: {e}", path.display()) })
+}
+
 /// A blocking connection to the sidecar.
 pub struct SidecarClient {
     runtime: tokio::runtime::Runtime,
@@ -62,18 +79,24 @@ impl std::fmt::Debug for SidecarClient {
 }
 
 impl SidecarClient {
-    /// Connects to `endpoint` (`unix:///path`).
+    /// Connects to a `unix:///path` endpoint.
     pub fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let path = match endpoint.strip_prefix("unix://") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => return Err(ClientError::Endpoint(endpoint.into())),
-        };
+        Self::connect_with(endpoint, &TlsOptions::default())
+    }
+
+    /// Connects to `unix:///path`, or to `https://HOST:PORT` with `tls`.
+    pub fn connect_with(endpoint: &str, tls: &TlsOptions) -> Result<Self, ClientError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let channel = runtime
-            .block_on(async {
+        let connect_err = |message: String| ClientError::Connect { endpoint: endpoint.into(), message };
+        let describe = |e: tonic::transport::Error| {
+            format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+        };
+        let channel = if let Some(path) = endpoint.strip_prefix("unix://").filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            runtime.block_on(async {
                 // The URI is a placeholder required by the HTTP/2 layer; the connector dials the socket.
                 Endpoint::try_from("http://kms.sock")
-                    .map_err(|e| e.to_string())?
+                    .map_err(describe)?
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move {
@@ -83,11 +106,37 @@ impl SidecarClient {
                         }
                     }))
                     .await
-                    .map_err(|e| {
-                        format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
-                    })
+                    .map_err(describe)
             })
-            .map_err(|message| ClientError::Connect { endpoint: endpoint.into(), message })?;
+        } else if endpoint.starts_with("https://") {
+            let ca = tls
+                .ca_cert
+                .as_ref()
+                .ok_or_else(|| connect_err("https:// needs the sidecar's CA (--ca-cert)".into()))?;
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca, endpoint)?));
+            match (&tls.client_cert, &tls.client_key) {
+                (Some(c), Some(k)) => {
+                    config =
+                        config.identity(tonic::transport::Identity::from_pem(read(c, endpoint)?, read(k, endpoint)?))
+                }
+                (None, None) => {}
+                _ => return Err(connect_err("give both a client certificate and its key, or neither".into())),
+            }
+            let endpoint_owned = endpoint.to_owned();
+            runtime.block_on(async move {
+                Endpoint::from_shared(endpoint_owned)
+                    .map_err(describe)?
+                    .tls_config(config)
+                    .map_err(describe)?
+                    .connect()
+                    .await
+                    .map_err(describe)
+            })
+        } else {
+            return Err(ClientError::Endpoint(endpoint.into()));
+        }
+        .map_err(connect_err)?;
         Ok(Self { runtime, client: Mutex::new(KmsClient::new(channel)), endpoint: endpoint.into() })
     }
 

@@ -34,6 +34,61 @@ pub enum ServeError {
     Reflection(String),
 }
 
+/// PEM files for the TCP listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA whose certificates clients must present (mTLS); `None` = no client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// kms.v1 plus health and reflection on `builder`.
+async fn router(
+    mut builder: tonic::transport::Server,
+    kms: Arc<Kms>,
+    max_request_bytes: usize,
+) -> Result<tonic::transport::server::Router, ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::kms_server::KmsServer<KmsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // The service enforces `max_request_bytes` on payloads (RESOURCE_EXHAUSTED); the
+    // transport's own cap, 1 MiB above it, bounds memory for anything larger (tonic
+    // answers OUT_OF_RANGE there).
+    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, max_request_bytes))
+        .max_decoding_message_size(max_request_bytes + (1 << 20))
+        .max_encoding_message_size(max_request_bytes + (1 << 20));
+    Ok(builder.add_service(health_service).add_service(reflection).add_service(service))
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::Socket { path: path.to_path_buf(), source })
+}
+
+/// Serves on TCP with TLS (rustls: TLS 1.3 and 1.2, AEAD suites only) from PEM files, and
+/// requires client certificates from `client_ca` when given. Stops like [`serve_unix`].
+pub async fn serve_tcp_tls(
+    kms: Arc<Kms>,
+    addr: std::net::SocketAddr,
+    tls: &TlsFiles,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let identity = tonic::transport::Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca)?));
+    }
+    let builder = tonic::transport::Server::builder().tls_config(config)?;
+    Ok(router(builder, kms, max_request_bytes).await?.serve_with_shutdown(addr, shutdown).await?)
+}
+
 /// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the
 /// socket file. A stale socket file from an earlier run is replaced; a path that exists and
 /// is not a socket is refused.
@@ -56,24 +111,8 @@ pub async fn serve_unix(
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<pb::kms_server::KmsServer<KmsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    // The service enforces `max_request_bytes` on payloads (RESOURCE_EXHAUSTED); the
-    // transport's own cap, 1 MiB above it, bounds memory for anything larger (tonic
-    // answers OUT_OF_RANGE there).
-    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, max_request_bytes))
-        .max_decoding_message_size(max_request_bytes + (1 << 20))
-        .max_encoding_message_size(max_request_bytes + (1 << 20));
-
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
+    let result = router(tonic::transport::Server::builder(), kms, max_request_bytes)
+        .await?
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(path);

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use crypto_core::envelope::{EncryptionContext, Envelope, rewrap_stream_with};
-use kms_sidecar::client::{SidecarClient, SidecarProvider};
+use kms_sidecar::client::{SidecarClient, SidecarProvider, TlsOptions};
 use kms_sidecar::grpc::pb;
 use serde_json::{Value, json};
 
@@ -26,9 +26,18 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 #[derive(Parser)]
 #[command(name = "kmsctl", version, about = "Client of the KMS sidecar")]
 struct Cli {
-    /// Sidecar endpoint (unix:///path/kms.sock).
+    /// Sidecar endpoint (unix:///path/kms.sock or https://HOST:PORT).
     #[arg(long, env = "KMS_ENDPOINT", default_value = "unix://./kms-data/kms.sock", global = true)]
     endpoint: String,
+    /// CA certificate (PEM) of the sidecar, for https:// endpoints.
+    #[arg(long, env = "KMS_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, env = "KMS_CLIENT_CERT", global = true)]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long, env = "KMS_CLIENT_KEY", global = true)]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -210,7 +219,12 @@ fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<(
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let client = SidecarClient::connect(&cli.endpoint)?;
+    let tls = TlsOptions {
+        ca_cert: cli.ca_cert.clone(),
+        client_cert: cli.client_cert.clone(),
+        client_key: cli.client_key.clone(),
+    };
+    let client = SidecarClient::connect_with(&cli.endpoint, &tls)?;
     let j = cli.json;
     match cli.command {
         Cmd::Key(cmd) => {
