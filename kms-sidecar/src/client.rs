@@ -65,6 +65,19 @@ fn read(path: &std::path::Path, endpoint: &str) -> Result<Vec<u8>, ClientError> 
         .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: format!("{}: {e}", path.display()) })
 }
 
+/// An async gRPC channel to the sidecar's Unix socket at `path`.
+pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    // The URI is a placeholder required by the HTTP/2 layer; the connector dials the socket.
+    Endpoint::from_static("http://kms.sock")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+}
+
 /// A blocking connection to the sidecar.
 pub struct SidecarClient {
     runtime: tokio::runtime::Runtime,
@@ -92,22 +105,7 @@ impl SidecarClient {
             format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
         };
         let channel = if let Some(path) = endpoint.strip_prefix("unix://").filter(|p| !p.is_empty()) {
-            let path = PathBuf::from(path);
-            runtime.block_on(async {
-                // The URI is a placeholder required by the HTTP/2 layer; the connector dials the socket.
-                Endpoint::try_from("http://kms.sock")
-                    .map_err(describe)?
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
-                    .await
-                    .map_err(describe)
-            })
+            runtime.block_on(connect_unix(PathBuf::from(path))).map_err(describe)
         } else if endpoint.starts_with("https://") {
             let ca = tls
                 .ca_cert

@@ -7,25 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kms_sidecar::client::connect_unix;
 use kms_sidecar::grpc::pb;
 use kms_sidecar::grpc::pb::kms_client::KmsClient;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 mod common;
 use common::Sidecar;
-
-async fn connect(socket: PathBuf) -> Channel {
-    Endpoint::try_from("http://kms.sock")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
-            }
-        }))
-        .await
-        .unwrap()
-}
 
 #[derive(Default)]
 struct Acked {
@@ -43,7 +30,7 @@ fn ctx() -> std::collections::HashMap<String, String> {
 
 /// Writes until the first failure (the kill), recording only acknowledged results.
 async fn write_until_killed(socket: PathBuf, acked: Arc<Mutex<Acked>>) {
-    let mut kms = KmsClient::new(connect(socket).await);
+    let mut kms = KmsClient::new(connect_unix(socket).await.unwrap());
     for i in 0u32..100_000 {
         let name = format!("crash/k{}", i / 3);
         let step = async {
@@ -96,7 +83,7 @@ fn crash_and_verify(data: &Path, extra: &[&str]) {
 
     let sidecar = Sidecar::start(data, extra);
     rt.block_on(async {
-        let mut kms = KmsClient::new(connect(sidecar.socket.clone()).await);
+        let mut kms = KmsClient::new(connect_unix(sidecar.socket.clone()).await.unwrap());
         for (name, version) in &acked.keys {
             let k = kms.describe_key(pb::KeyRef { name: name.clone() }).await.unwrap().into_inner();
             assert!(k.primary_version >= *version, "{name}: acknowledged v{version} lost (now v{})", k.primary_version);

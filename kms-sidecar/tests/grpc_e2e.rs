@@ -3,30 +3,15 @@
 //! PostgreSQL (fresh schema).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::process::Command;
 
+use kms_sidecar::client::connect_unix;
 use kms_sidecar::grpc::pb;
 use kms_sidecar::grpc::pb::kms_client::KmsClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 mod common;
 use common::Sidecar;
-
-async fn connect(socket: &Path) -> Channel {
-    let socket = socket.to_path_buf();
-    Endpoint::try_from("http://[::1]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
-            }
-        }))
-        .await
-        .unwrap()
-}
 
 fn ctx(tenant: &str) -> std::collections::HashMap<String, String> {
     [("tenant".to_owned(), tenant.to_owned())].into_iter().collect()
@@ -39,7 +24,7 @@ fn scenario(extra: &[&str]) {
 
     let sidecar = Sidecar::start(&data, extra);
     let (ciphertext, secret_version) = rt.block_on(async {
-        let channel = connect(&sidecar.socket).await;
+        let channel = connect_unix(sidecar.socket.clone()).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let h = health
             .check(tonic_health::pb::HealthCheckRequest { service: "kms.v1.Kms".into() })
@@ -173,7 +158,7 @@ fn scenario(extra: &[&str]) {
     // Restart: keys, versions and secrets persisted; old ciphertexts decrypt.
     let sidecar = Sidecar::start(&data, extra);
     rt.block_on(async {
-        let mut kms = KmsClient::new(connect(&sidecar.socket).await);
+        let mut kms = KmsClient::new(connect_unix(sidecar.socket.clone()).await.unwrap());
         let keys = kms.list_keys(pb::ListKeysRequest {}).await.unwrap().into_inner().keys;
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].versions.len(), 2);
