@@ -1,5 +1,11 @@
-//! The `kms.v1` gRPC service: each RPC runs the [`Kms`] operation on a blocking thread
-//! (the stores are synchronous) and maps its error to a precise status code.
+//! The `kms.v1` gRPC service: each RPC runs the [`Kms`] operation and maps its error to a
+//! precise status code.
+//!
+//! The stores are synchronous, so operations that touch them run on Tokio's blocking
+//! threads. Encrypt, decrypt and data-key requests of at most [`INLINE_MAX_PAYLOAD`] bytes
+//! are first tried on the async worker in [`Kms::cache_only`] mode: when the key record and
+//! KEK are cached (the steady state) they finish there without a thread hand-off, and
+//! otherwise they are re-run on a blocking thread.
 //!
 //! | error | code |
 //! |---|---|
@@ -42,8 +48,13 @@ pub fn status(e: KmsError) -> Status {
         KmsError::Aborted(m) => Status::aborted(m),
         KmsError::Unavailable(m) => Status::unavailable(m),
         KmsError::Internal(m) => Status::internal(m),
+        e @ KmsError::WouldBlock => Status::unavailable(e.to_string()),
     }
 }
+
+/// Largest payload (bytes) served inline on an async worker when everything it needs is
+/// cached; larger ones always run on a blocking thread so no worker stalls for long.
+pub const INLINE_MAX_PAYLOAD: usize = 64 * 1024;
 
 /// Most items in one BatchEncrypt/BatchDecrypt.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -84,6 +95,22 @@ impl KmsService {
             )));
         }
         Ok(())
+    }
+
+    /// A read-only crypto operation: inline from the caches when `payload` is small,
+    /// else (or on a cache miss) on a blocking thread.
+    async fn run_crypto<T: Send + 'static>(
+        &self,
+        payload: usize,
+        f: impl Fn(&Kms) -> Result<T, KmsError> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        if payload <= INLINE_MAX_PAYLOAD {
+            match self.kms.cache_only(&f) {
+                Err(KmsError::WouldBlock) => {}
+                other => return other.map(Response::new).map_err(status),
+            }
+        }
+        self.run(f).await
     }
 
     async fn run<T: Send + 'static>(
@@ -146,6 +173,23 @@ fn context(map: std::collections::HashMap<String, String>) -> BTreeMap<String, S
 
 #[tonic::async_trait]
 impl KmsRpc for KmsService {
+    type EncryptStreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::EncryptStreamResponse, Status>>;
+    type DecryptStreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::DecryptStreamResponse, Status>>;
+
+    async fn encrypt_stream(
+        &self,
+        r: Request<tonic::Streaming<pb::EncryptStreamRequest>>,
+    ) -> Result<Response<Self::EncryptStreamStream>, Status> {
+        crate::streaming::encrypt_stream(self.kms.clone(), r.into_inner(), self.max_payload).await.map(Response::new)
+    }
+
+    async fn decrypt_stream(
+        &self,
+        r: Request<tonic::Streaming<pb::DecryptStreamRequest>>,
+    ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+        crate::streaming::decrypt_stream(self.kms.clone(), r.into_inner(), self.max_payload).await.map(Response::new)
+    }
+
     async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
         let name = r.into_inner().name;
         self.run(move |k| k.create_key(&name).map(|k| metadata(&k))).await
@@ -199,9 +243,10 @@ impl KmsRpc for KmsService {
     async fn encrypt(&self, r: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
         let r = r.into_inner();
         self.check_size(r.plaintext.len())?;
-        self.run(move |k| {
-            let (ciphertext, key_version) = k.encrypt(&r.key_name, &r.plaintext, &context(r.context))?;
-            Ok(pb::EncryptResponse { ciphertext, key_name: r.key_name, key_version })
+        let ctx = context(r.context);
+        self.run_crypto(r.plaintext.len(), move |k| {
+            let (ciphertext, key_version) = k.encrypt(&r.key_name, &r.plaintext, &ctx)?;
+            Ok(pb::EncryptResponse { ciphertext, key_name: r.key_name.clone(), key_version })
         })
         .await
     }
@@ -209,8 +254,9 @@ impl KmsRpc for KmsService {
     async fn decrypt(&self, r: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
         let r = r.into_inner();
         self.check_size(r.ciphertext.len())?;
-        self.run(move |k| {
-            let (plaintext, key_name, key_version) = k.decrypt(&r.ciphertext, &context(r.context))?;
+        let ctx = context(r.context);
+        self.run_crypto(r.ciphertext.len(), move |k| {
+            let (plaintext, key_name, key_version) = k.decrypt(&r.ciphertext, &ctx)?;
             Ok(pb::DecryptResponse { plaintext: plaintext.expose_secret().to_vec(), key_name, key_version })
         })
         .await
@@ -287,7 +333,7 @@ impl KmsRpc for KmsService {
         r: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
         let r = r.into_inner();
-        self.run(move |k| {
+        self.run_crypto(0, move |k| {
             let (dk, w) = k.generate_data_key(&r.key_name)?;
             Ok(pb::GenerateDataKeyResponse {
                 plaintext: if r.without_plaintext { Vec::new() } else { dk.expose_secret().to_vec() },
@@ -302,7 +348,7 @@ impl KmsRpc for KmsService {
         r: Request<pb::WrappedDataKey>,
     ) -> Result<Response<pb::DecryptDataKeyResponse>, Status> {
         let w = wrapped_from_pb(r.into_inner());
-        self.run(move |k| {
+        self.run_crypto(0, move |k| {
             Ok(pb::DecryptDataKeyResponse { plaintext: k.decrypt_data_key(&w)?.expose_secret().to_vec() })
         })
         .await

@@ -2,13 +2,28 @@
 //! unwrapped with the root key (cached in memory as secret types), and envelope
 //! encryption through crypto-core with this store as the [`KeyProvider`].
 //!
-//! Every method is synchronous (the store is); the gRPC layer runs them on blocking
-//! threads. Lifecycle changes use the store's optimistic concurrency and retry on
-//! conflict, so several sidecars on one PostgreSQL database can administer keys at once.
+//! Every method is synchronous (the store is). Lifecycle changes use the store's optimistic
+//! concurrency and retry on conflict, so several sidecars on one PostgreSQL database can
+//! administer keys at once.
+//!
+//! ## Caches
+//!
+//! * **Key records** (state, versions, primary, decrypt floor; never plaintext material)
+//!   are cached for [`KmsOptions::key_cache_ttl`]. A change made through this process
+//!   replaces the cached record at once; a change made by another sidecar sharing the
+//!   PostgreSQL keystore is seen within the TTL (the documented propagation bound).
+//! * **Unwrapped KEK versions** are cached as [`KeyMaterial`] (zeroized on drop), at most
+//!   [`KmsOptions::kek_cache_capacity`] of them, least recently used evicted first; a
+//!   version seen destroyed is dropped at once.
+//!
+//! [`Kms::cache_only`] runs an operation that may use the caches but must not touch the
+//! store (it fails with [`KmsError::WouldBlock`] instead), so the gRPC layer can serve warm
+//! requests on its async workers and send only cold ones to a blocking thread.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crypto_core::Backend;
 use crypto_core::envelope::{EncryptionContext, Envelope, EnvelopeError};
@@ -22,6 +37,8 @@ use crate::root_key::LocalRootKey;
 /// Provider id of data keys wrapped by the sidecar.
 pub const PROVIDER_ID: &str = "kms-sidecar";
 const DATA_KEY_LABEL: &[u8] = b"kms-sidecar/v1/data-key";
+/// Marker of a store access refused inside [`Kms::cache_only`].
+const WOULD_BLOCK: &str = "cache-only: keystore access deferred";
 /// Attempts of a read-modify-write under concurrent updates before giving up.
 const MAX_RETRIES: usize = 16;
 
@@ -54,6 +71,9 @@ pub enum KmsError {
     /// Stored data is inconsistent (e.g. a KEK that does not unwrap under the root key).
     #[error("{0}")]
     Internal(String),
+    /// Inside [`Kms::cache_only`]: the operation needs the store. Run it again outside.
+    #[error("operation needs the keystore")]
+    WouldBlock,
 }
 
 impl From<StoreError> for KmsError {
@@ -63,6 +83,7 @@ impl From<StoreError> for KmsError {
             StoreError::AlreadyExists(what) => KmsError::AlreadyExists(format!("{what} already exists")),
             StoreError::Conflict(what) => KmsError::Aborted(format!("concurrent update of {what}")),
             StoreError::Corrupt(m) => KmsError::Internal(m),
+            StoreError::Backend(m) if m == WOULD_BLOCK => KmsError::WouldBlock,
             other => KmsError::Unavailable(other.to_string()),
         }
     }
@@ -82,6 +103,7 @@ impl From<ProviderError> for KmsError {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::Key(k) => k.into(),
+            ProviderError::Unavailable(m) if m == WOULD_BLOCK => KmsError::WouldBlock,
             ProviderError::Unavailable(m) => KmsError::Unavailable(m),
             ProviderError::UnwrapFailed | ProviderError::NoMatchingProvider(_) => KmsError::DecryptFailed,
             other => KmsError::Internal(other.to_string()),
@@ -124,11 +146,92 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// Tunables of the [`Kms`] caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KmsOptions {
+    /// How long a key record read from the store is trusted (0 = always read the store).
+    /// Bounds how late a change made by another sidecar is honoured here.
+    pub key_cache_ttl: Duration,
+    /// Most unwrapped KEK versions held in memory.
+    pub kek_cache_capacity: usize,
+}
+
+impl Default for KmsOptions {
+    fn default() -> Self {
+        Self { key_cache_ttl: Duration::from_secs(1), kek_cache_capacity: 4096 }
+    }
+}
+
+thread_local! {
+    /// Set while [`Kms::cache_only`] runs on this thread.
+    static CACHE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Unwrapped KEK versions, bounded, least recently used evicted first. Keyed by name
+/// first so the hot-path lookup borrows the name instead of allocating.
+#[derive(Default)]
+struct KekCache {
+    entries: HashMap<String, BTreeMap<u32, (KeyMaterial, u64)>>,
+    len: usize,
+    tick: u64,
+    capacity: usize,
+}
+
+impl KekCache {
+    fn get(&mut self, name: &str, version: u32) -> Option<KeyMaterial> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (material, used) = self.entries.get_mut(name)?.get_mut(&version)?;
+        *used = tick;
+        Some(material.duplicate())
+    }
+
+    fn insert(&mut self, name: &str, version: u32, material: KeyMaterial) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.remove(name, version);
+        if self.len >= self.capacity {
+            // O(n), but only on a miss with a full cache. Evicted material is zeroized
+            // when dropped here.
+            let oldest = self
+                .entries
+                .iter()
+                .flat_map(|(n, vs)| vs.iter().map(move |(v, (_, used))| (*used, n, *v)))
+                .min()
+                .map(|(_, n, v)| (n.clone(), v));
+            if let Some((n, v)) = oldest {
+                self.remove(&n, v);
+            }
+        }
+        self.tick += 1;
+        self.entries.entry(name.to_owned()).or_default().insert(version, (material, self.tick));
+        self.len += 1;
+    }
+
+    fn remove(&mut self, name: &str, version: u32) {
+        if let Some(versions) = self.entries.get_mut(name) {
+            if versions.remove(&version).is_some() {
+                self.len -= 1;
+            }
+            if versions.is_empty() {
+                self.entries.remove(name);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The KMS core.
 pub struct Kms {
     store: Arc<dyn KeyStore>,
     root: LocalRootKey,
-    keks: Mutex<HashMap<(String, u32), KeyMaterial>>,
+    options: KmsOptions,
+    records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+    keks: Mutex<KekCache>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -150,9 +253,20 @@ fn data_key_aad(name: &str, version: u32) -> Vec<u8> {
 }
 
 impl Kms {
-    /// A KMS over `store` with `root` wrapping KEK material at rest.
+    /// A KMS over `store` with `root` wrapping KEK material at rest, default caches.
     pub fn new(store: Arc<dyn KeyStore>, root: LocalRootKey) -> Self {
-        Self { store, root, keks: Mutex::new(HashMap::new()) }
+        Self::with_options(store, root, KmsOptions::default())
+    }
+
+    /// A KMS with explicit cache settings.
+    pub fn with_options(store: Arc<dyn KeyStore>, root: LocalRootKey, options: KmsOptions) -> Self {
+        Self {
+            store,
+            root,
+            options,
+            records: Mutex::new(HashMap::new()),
+            keks: Mutex::new(KekCache { capacity: options.kek_cache_capacity, ..KekCache::default() }),
+        }
     }
 
     /// The store.
@@ -160,8 +274,85 @@ impl Kms {
         &self.store
     }
 
+    /// The cache settings.
+    pub fn options(&self) -> &KmsOptions {
+        &self.options
+    }
+
+    /// Number of unwrapped KEK versions currently cached.
+    pub fn cached_kek_count(&self) -> usize {
+        self.keks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Runs `f` with the store off limits: anything not in the caches makes it fail with
+    /// [`KmsError::WouldBlock`] before any side effect, so the caller can run it again on a
+    /// thread that may block. Only for read-only operations (encrypt, decrypt, data keys).
+    pub fn cache_only<T>(&self, f: impl FnOnce(&Self) -> Result<T, KmsError>) -> Result<T, KmsError> {
+        struct Reset(bool);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                CACHE_ONLY.with(|c| c.set(self.0));
+            }
+        }
+        let _reset = Reset(CACHE_ONLY.with(|c| c.replace(true)));
+        f(self)
+    }
+
+    fn store_allowed() -> Result<(), StoreError> {
+        if CACHE_ONLY.with(Cell::get) { Err(StoreError::Backend(WOULD_BLOCK.into())) } else { Ok(()) }
+    }
+
     fn envelope(&self) -> Envelope<&Self> {
         Envelope::new(self)
+    }
+
+    /// The key record, from the cache while younger than the TTL, else from the store.
+    fn record(&self, name: &str) -> Result<Arc<KeyRecord>, StoreError> {
+        if let Some((record, at)) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get(name)
+            && at.elapsed() < self.options.key_cache_ttl
+        {
+            return Ok(record.clone());
+        }
+        Self::store_allowed()?;
+        let record = self.store.get_key(name);
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        match record {
+            Ok(record) => Ok(self.remember(&mut records, record)),
+            Err(e) => {
+                records.remove(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Caches `record` (as read or as written just now) and drops cached KEKs of versions
+    /// it shows destroyed.
+    fn remember(&self, records: &mut HashMap<String, (Arc<KeyRecord>, Instant)>, record: KeyRecord) -> Arc<KeyRecord> {
+        {
+            let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
+            for v in record.versions.iter().filter(|v| v.wrapped_material.is_none()) {
+                keks.remove(&record.name, v.version);
+            }
+        }
+        let record = Arc::new(record);
+        if self.options.key_cache_ttl.is_zero() {
+            return record;
+        }
+        // Bound the map: records are small, but names are caller-chosen.
+        if records.len() >= self.options.kek_cache_capacity.max(1024) {
+            records.retain(|_, (_, at)| at.elapsed() < self.options.key_cache_ttl);
+            if records.len() >= self.options.kek_cache_capacity.max(1024) {
+                records.clear();
+            }
+        }
+        records.insert(record.name.clone(), (record.clone(), Instant::now()));
+        record
+    }
+
+    fn remember_written(&self, record: KeyRecord) -> KeyRecord {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.remember(&mut records, record.clone());
+        record
     }
 
     /// The unwrapped material of `version` of `record`, from the cache or the root key.
@@ -174,15 +365,14 @@ impl Kms {
             .ok_or_else(|| KeyError::VersionNotFound { name: name.clone(), version })?;
         let Some(wrapped) = &stored.wrapped_material else {
             // Destroyed: also drop any cached copy.
-            self.keks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(name.clone(), version));
+            self.keks.lock().unwrap_or_else(|p| p.into_inner()).remove(name, version);
             return Err(KeyError::VersionDestroyed { name: name.clone(), version }.into());
         };
-        let mut cache = self.keks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = cache.get(&(name.clone(), version)) {
-            return Ok(m.duplicate());
+        if let Some(m) = self.keks.lock().unwrap_or_else(|p| p.into_inner()).get(name, version) {
+            return Ok(m);
         }
         let material = self.root.unwrap(name, version, wrapped).map_err(|e| KmsError::Internal(e.to_string()))?;
-        cache.insert((name.clone(), version), material.duplicate());
+        self.keks.lock().unwrap_or_else(|p| p.into_inner()).insert(name, version, material.duplicate());
         Ok(material)
     }
 
@@ -201,12 +391,14 @@ impl Kms {
         validate_key_name(name)?;
         let material = KeyMaterial::generate();
         let wrapped = self.root.wrap(name, 1, &material);
-        Ok(self.store.create_key(name, &wrapped, now())?)
+        let record = self.store.create_key(name, &wrapped, now())?;
+        tracing::info!(key = %name, "key created");
+        Ok(self.remember_written(record))
     }
 
-    /// Describes a key.
+    /// Describes a key (always read from the store).
     pub fn describe_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
-        Ok(self.store.get_key(name)?)
+        Ok(self.remember_written(self.store.get_key(name)?))
     }
 
     /// Lists keys.
@@ -217,6 +409,7 @@ impl Kms {
     /// Read-modify-write with retries on concurrent updates.
     fn modify(&self, name: &str, f: impl Fn(&KeyRecord) -> Result<Change, KmsError>) -> Result<KeyInfo, KmsError> {
         for _ in 0..MAX_RETRIES {
+            // Always the stored record: a cached one could be stale and lose every retry.
             let record = self.store.get_key(name)?;
             let result = match f(&record)? {
                 Change::Update(u) => self.store.update_key(name, record.row_version, u),
@@ -228,7 +421,17 @@ impl Kms {
             };
             match result {
                 Err(StoreError::Conflict(_)) => continue,
-                other => return Ok(other?),
+                other => {
+                    let record = other?;
+                    tracing::info!(
+                        key = %record.name,
+                        state = ?record.state,
+                        primary_version = record.primary_version,
+                        min_decrypt_version = record.min_decrypt_version,
+                        "key updated"
+                    );
+                    return Ok(self.remember_written(record));
+                }
             }
         }
         Err(KmsError::Aborted(format!("key {name:?} is being changed concurrently; retry")))
@@ -284,9 +487,51 @@ impl Kms {
         )
     }
 
-    /// Cancels a scheduled deletion (the key becomes disabled).
+    /// Cancels a scheduled deletion (the key becomes disabled). Refused once the window
+    /// has passed: the key is then due for destruction, whether or not the job has run.
     pub fn cancel_key_deletion(&self, name: &str) -> Result<KeyInfo, KmsError> {
-        self.transition(name, |s| matches!(s, KeyState::PendingDeletion { .. }), |_| KeyState::Disabled)
+        let now = now() as u64;
+        self.transition(
+            name,
+            |s| matches!(s, KeyState::PendingDeletion { delete_after } if delete_after > now),
+            |_| KeyState::Disabled,
+        )
+    }
+
+    /// Destroys every key whose deletion window has passed by `now` (Unix seconds): erases
+    /// the wrapped material of all its versions, then marks it destroyed. Crash-safe and
+    /// idempotent: a key left half-done (some versions erased, or marked destroyed with
+    /// material left) is finished on the next call. Returns the names destroyed.
+    pub fn purge_due_deletions(&self, now: i64) -> Result<Vec<String>, KmsError> {
+        let mut destroyed = Vec::new();
+        for key in self.store.list_keys()? {
+            let due = match key.state {
+                KeyState::PendingDeletion { delete_after } => delete_after as i64 <= now,
+                KeyState::Destroyed => key.versions.iter().any(|v| v.wrapped_material.is_some()),
+                _ => false,
+            };
+            if !due {
+                continue;
+            }
+            for v in key.versions.iter().filter(|v| v.wrapped_material.is_some()) {
+                self.remember_written(self.store.destroy_version(&key.name, v.version, now)?);
+            }
+            // Every version is erased: the key can only be destroyed now, whatever state
+            // another sidecar moved it to in the meantime.
+            let already = std::sync::atomic::AtomicBool::new(false);
+            self.modify(&key.name, |r| {
+                if r.state == KeyState::Destroyed {
+                    already.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(KmsError::FailedPrecondition(String::new()));
+                }
+                Ok(Change::Update(KeyUpdate { state: KeyState::Destroyed, min_decrypt_version: r.min_decrypt_version }))
+            })
+            .map(|_| ())
+            .or_else(|e| if already.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(e) })?;
+            tracing::info!(key = %key.name, versions = key.versions.len(), "key destroyed after its deletion window");
+            destroyed.push(key.name);
+        }
+        Ok(destroyed)
     }
 
     /// Sets the minimum decryption version.
@@ -326,6 +571,32 @@ impl Kms {
         let header = self.envelope().inspect(ciphertext)?;
         let plaintext = self.envelope().open(&ctx, ciphertext)?;
         Ok((crypto_core::secret::SecretBytes::new(plaintext), header.key_name().to_owned(), header.key_version()))
+    }
+
+    /// A sealer for a new stream-form message under `key_name` (for streaming encryption:
+    /// feed it to [`crypto_core::envelope::EncryptingWriter`]).
+    pub fn stream_sealer(
+        &self,
+        key_name: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<crypto_core::envelope::MessageSealer, KmsError> {
+        validate_key_name(key_name)?;
+        let ctx = EncryptionContext::from(context.clone());
+        let form = crypto_core::envelope::Form::Stream { segment_size: self.envelope().options().segment_size };
+        Ok(self.envelope().sealer(key_name, &ctx, form)?)
+    }
+
+    /// A reader that opens a stream-form message from `input`, one authenticated segment at
+    /// a time (reads the header and unwraps its data key first). The error is the
+    /// envelope's own, so a caller can tell its reader's I/O errors apart; it converts
+    /// into [`KmsError`].
+    pub fn decrypting_reader<R: std::io::Read>(
+        &self,
+        input: R,
+        context: &BTreeMap<String, String>,
+    ) -> Result<crypto_core::envelope::DecryptingReader<R>, EnvelopeError> {
+        let ctx = EncryptionContext::from(context.clone());
+        self.envelope().decrypting_reader(input, &ctx)
     }
 
     /// Re-wraps a ciphertext's data key under its key's primary version.
@@ -392,12 +663,14 @@ enum Change {
 fn store_err(e: StoreError) -> ProviderError {
     match e {
         StoreError::NotFound(what) => ProviderError::Key(KeyError::NotFound { name: what }),
+        StoreError::Backend(m) if m == WOULD_BLOCK => ProviderError::Unavailable(m),
         other => ProviderError::Unavailable(other.to_string()),
     }
 }
 
 fn kms_to_provider(e: KmsError) -> ProviderError {
     match e {
+        KmsError::WouldBlock => ProviderError::Unavailable(WOULD_BLOCK.into()),
         KmsError::Unavailable(m) => ProviderError::Unavailable(m),
         other => ProviderError::Config(other.to_string()),
     }
@@ -405,7 +678,7 @@ fn kms_to_provider(e: KmsError) -> ProviderError {
 
 impl KeyProvider for Kms {
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
-        let record = self.store.get_key(key_name).map_err(|e| match e {
+        let record = self.record(key_name).map_err(|e| match e {
             StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: key_name.into() }),
             other => store_err(other),
         })?;
@@ -433,7 +706,7 @@ impl KeyProvider for Kms {
             .iter()
             .find(|w| w.provider_id == PROVIDER_ID)
             .ok_or_else(|| ProviderError::NoMatchingProvider(PROVIDER_ID.into()))?;
-        let record = self.store.get_key(&w.key_name).map_err(|e| match e {
+        let record = self.record(&w.key_name).map_err(|e| match e {
             StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: w.key_name.clone() }),
             other => store_err(other),
         })?;

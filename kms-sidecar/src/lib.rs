@@ -16,8 +16,10 @@
 //!   Unix socket; the `kms-sidecar` binary serves it.
 
 pub mod client;
+pub mod config;
 pub mod grpc;
 pub mod keystore;
 pub mod kms;
 pub mod root_key;
 pub mod server;
+mod streaming;

@@ -1,27 +1,30 @@
 //! `kms-sidecar serve`: the KMS sidecar process.
 //!
 //! ```text
-//! kms-sidecar serve [--data-dir DIR] [--listen unix:///path/kms.sock] [--postgres CONNSTR]
-//!                   [--socket-mode 600] [--max-request-bytes N]
+//! kms-sidecar serve [--config FILE] [--data-dir DIR] [--listen unix:///path/kms.sock]
+//!                   [--postgres CONNSTR] [--socket-mode 600] [--max-request-bytes N]
+//!                   [--key-cache-ttl 1s] [--kek-cache-capacity N] [--deletion-check-interval 10s]
+//!                   [--log-format text|json] [--log-level info]
 //! kms-sidecar serve --listen tcp://IP:PORT --tls-cert C.pem --tls-key K.pem [--client-ca CA.pem]
 //! ```
 //!
-//! Defaults: `--data-dir ./kms-data`, socket `DIR/kms.sock`, the embedded SQLite keystore
-//! `DIR/keystore.db` and a root key `DIR/root.key` generated at first start (refused to
-//! generate when the keystore already holds keys). Every flag also reads `KMS_*` from the
-//! environment. Stops gracefully on SIGTERM or SIGINT: in-flight requests finish and the
-//! socket file is removed.
+//! Settings come from flags, then `KMS_*` environment variables, then the TOML file of
+//! `--config`, then defaults (see [`kms_sidecar::config`]). Defaults: `--data-dir
+//! ./kms-data`, socket `DIR/kms.sock`, the embedded SQLite keystore `DIR/keystore.db` and a
+//! root key `DIR/root.key` generated at first start (refused to generate when the keystore
+//! already holds keys). Logs go to standard error. Stops gracefully on SIGTERM or SIGINT:
+//! in-flight requests finish and the socket file is removed.
 #![allow(clippy::print_stderr)]
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use kms_sidecar::config::{Listen, LogFormat, ServeArgs, Settings};
 use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
-use kms_sidecar::kms::Kms;
+use kms_sidecar::kms::{Kms, KmsOptions};
 use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
-use kms_sidecar::server::{DEFAULT_MAX_REQUEST_BYTES, TlsFiles, serve_tcp_tls, serve_unix};
+use kms_sidecar::server::{serve_tcp_tls, serve_unix};
 
 #[derive(Parser)]
 #[command(name = "kms-sidecar", version, about = "KMS sidecar: gRPC kms.v1 over a local or shared keystore")]
@@ -33,77 +36,40 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve kms.v1 (plus gRPC health and reflection).
-    Serve {
-        /// Data directory: keystore, root key and default socket.
-        #[arg(long, env = "KMS_DATA_DIR", default_value = "./kms-data")]
-        data_dir: PathBuf,
-        /// Listen address: unix:///path/to.sock (default: DATA_DIR/kms.sock).
-        #[arg(long, env = "KMS_LISTEN")]
-        listen: Option<String>,
-        /// PostgreSQL connection string; when set, keys live there instead of SQLite.
-        #[arg(long, env = "KMS_POSTGRES")]
-        postgres: Option<String>,
-        /// Socket file permissions (octal).
-        #[arg(long, env = "KMS_SOCKET_MODE", default_value = "600")]
-        socket_mode: String,
-        /// TLS certificate chain (PEM), required for tcp:// listeners.
-        #[arg(long, env = "KMS_TLS_CERT")]
-        tls_cert: Option<PathBuf>,
-        /// TLS private key (PEM), required for tcp:// listeners.
-        #[arg(long, env = "KMS_TLS_KEY")]
-        tls_key: Option<PathBuf>,
-        /// CA (PEM) whose client certificates are required (mTLS).
-        #[arg(long, env = "KMS_CLIENT_CA")]
-        client_ca: Option<PathBuf>,
-        /// Largest accepted request message in bytes.
-        #[arg(long, env = "KMS_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
-        max_request_bytes: usize,
-    },
+    Serve(ServeArgs),
+}
+
+fn init_logs(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .map_err(|e| format!("log_level {:?}: {e}", settings.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match settings.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    }
+    .map_err(|e| format!("logging: {e}"))?;
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let Command::Serve { data_dir, listen, postgres, socket_mode, tls_cert, tls_key, client_ca, max_request_bytes } =
-        cli.command;
-    let mode =
-        u32::from_str_radix(&socket_mode, 8).map_err(|_| format!("--socket-mode {socket_mode:?} is not octal"))?;
-    if mode & !0o777 != 0 {
-        return Err(format!("--socket-mode {socket_mode} out of range").into());
-    }
-    enum Listen {
-        Unix(PathBuf),
-        Tcp(std::net::SocketAddr, TlsFiles),
-    }
-    let listen = match listen.as_deref() {
-        None => Listen::Unix(data_dir.join("kms.sock")),
-        Some(l) => {
-            if let Some(p) = l.strip_prefix("unix://").filter(|p| !p.is_empty()) {
-                Listen::Unix(PathBuf::from(p))
-            } else if let Some(addr) = l.strip_prefix("tcp://") {
-                let addr: std::net::SocketAddr =
-                    addr.parse().map_err(|_| format!("--listen {l:?}: expected tcp://IP:PORT"))?;
-                let (Some(cert), Some(key)) = (tls_cert.clone(), tls_key.clone()) else {
-                    return Err("a tcp:// listener requires TLS: give --tls-cert and --tls-key".into());
-                };
-                Listen::Tcp(addr, TlsFiles { cert, key, client_ca: client_ca.clone() })
-            } else {
-                return Err(format!("--listen {l:?}: expected unix:///path or tcp://IP:PORT").into());
-            }
-        }
-    };
-    std::fs::create_dir_all(&data_dir).map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
-    #[cfg(unix)]
+    let Command::Serve(args) = cli.command;
+    let settings = args.resolve()?;
+    init_logs(&settings)?;
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
     }
-    let store: Arc<dyn KeyStore> = match &postgres {
+    let store: Arc<dyn KeyStore> = match &settings.postgres {
         Some(conn) => Arc::new(PostgresStore::connect(conn)?),
         None => Arc::new(SqliteStore::open(data_dir.join("keystore.db"))?),
     };
     let may_create = store.key_count()? == 0;
     let root = LocalRootKey::load_or_create(data_dir.join(ROOT_KEY_FILE), may_create)?;
-    let kms = Arc::new(Kms::new(store.clone(), root));
+    let options = KmsOptions { key_cache_ttl: settings.key_cache_ttl, kek_cache_capacity: settings.kek_cache_capacity };
+    let kms = Arc::new(Kms::with_options(store.clone(), root, options));
 
     // The PostgreSQL client owns a runtime of its own, which must not be dropped inside
     // ours: `store` and `kms` stay alive here until the server runtime has finished.
@@ -111,6 +77,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let served = kms.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let purge = tokio::spawn(deletion_job(served.clone(), settings.deletion_check_interval));
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -120,24 +87,49 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
-            eprintln!("kms-sidecar: shutting down");
+            tracing::info!("shutting down: finishing in-flight requests");
         };
-        match listen {
+        let max = settings.max_request_bytes;
+        let result = match &settings.listen {
             Listen::Unix(socket) => {
-                eprintln!("kms-sidecar: serving on unix://{} ({backend} keystore)", socket.display());
-                serve_unix(served, &socket, mode, max_request_bytes, shutdown).await
+                tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
+                serve_unix(served, socket, settings.socket_mode, max, shutdown).await
             }
             Listen::Tcp(addr, tls) => {
-                let mtls = if tls.client_ca.is_some() { ", client certificates required" } else { "" };
-                eprintln!("kms-sidecar: serving on tcp://{addr} with TLS{mtls} ({backend} keystore)");
-                serve_tcp_tls(served, addr, &tls, max_request_bytes, shutdown).await
+                tracing::info!(
+                    listen = %format!("tcp://{addr}"),
+                    keystore = backend,
+                    client_certificates = tls.client_ca.is_some(),
+                    "serving kms.v1 with TLS"
+                );
+                serve_tcp_tls(served, *addr, tls, max, shutdown).await
             }
-        }
+        };
+        purge.abort();
+        result
     })?;
     drop(runtime);
     drop(kms);
     drop(store);
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Destroys keys whose deletion window has passed, every `interval`.
+async fn deletion_job(kms: Arc<Kms>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let kms = kms.clone();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        match tokio::task::spawn_blocking(move || kms.purge_due_deletions(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "deletion job failed; retrying at the next interval"),
+            Err(_) => tracing::error!("deletion job panicked"),
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -11,8 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::grpc::{KmsService, pb};
 use crate::kms::Kms;
 
-/// Default largest accepted request message: 4 MiB.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::config::DEFAULT_MAX_REQUEST_BYTES;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +34,7 @@ pub enum ServeError {
 }
 
 /// PEM files for the TCP listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// Server certificate chain (PEM).
     pub cert: PathBuf,

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use crypto_core::keys::KeyState;
 use crypto_core::provider::KeyProvider;
-use kms_sidecar::keystore::SqliteStore;
-use kms_sidecar::kms::{Kms, KmsError};
+use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
+use kms_sidecar::kms::{Kms, KmsError, KmsOptions};
 use kms_sidecar::root_key::LocalRootKey;
+
+mod common;
 
 fn open(dir: &std::path::Path) -> Kms {
     let store = Arc::new(SqliteStore::open(dir.join("keystore.db")).unwrap());
@@ -93,8 +95,152 @@ fn root_key_missing_with_keys_is_refused() {
     open(dir.path()).create_key("k").unwrap();
     std::fs::remove_file(dir.path().join("root.key")).unwrap();
     let store = SqliteStore::open(dir.path().join("keystore.db")).unwrap();
-    use kms_sidecar::keystore::KeyStore;
     let may_create = store.key_count().unwrap() == 0;
     assert!(!may_create);
     assert!(LocalRootKey::load_or_create(dir.path().join("root.key"), may_create).is_err());
+}
+
+fn open_with(dir: &std::path::Path, options: KmsOptions) -> Kms {
+    let store = Arc::new(SqliteStore::open(dir.join("keystore.db")).unwrap());
+    let root = LocalRootKey::load_or_create(dir.join("root.key"), true).unwrap();
+    Kms::with_options(store, root, options)
+}
+
+#[test]
+fn deletion_job_destroys_due_keys_and_erases_material_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = open(dir.path());
+    let c = ctx(&[("tenant", "a")]);
+    kms.create_key("t/doomed").unwrap();
+    kms.rotate_key("t/doomed").unwrap();
+    kms.create_key("t/kept").unwrap();
+    let (ct, _) = kms.encrypt("t/doomed", b"gone soon", &c).unwrap();
+    let wrapped: Vec<Vec<u8>> =
+        kms.store().get_key("t/doomed").unwrap().versions.iter().map(|v| v.wrapped_material.clone().unwrap()).collect();
+    assert_eq!(wrapped.len(), 2);
+
+    let k = kms.schedule_key_deletion("t/doomed", 60).unwrap();
+    let KeyState::PendingDeletion { delete_after } = k.state else { panic!("{:?}", k.state) };
+    let due = delete_after as i64;
+    // Not due yet: nothing happens.
+    assert!(kms.purge_due_deletions(due - 1).unwrap().is_empty());
+    // Due: destroyed, and cancelling is refused from the deadline on.
+    assert_eq!(kms.purge_due_deletions(due).unwrap(), vec!["t/doomed".to_owned()]);
+    let k = kms.describe_key("t/doomed").unwrap();
+    assert_eq!(k.state, KeyState::Destroyed);
+    assert!(k.versions.iter().all(|v| v.wrapped_material.is_none() && v.destroyed_at.is_some()));
+    assert!(matches!(kms.decrypt(&ct, &c), Err(KmsError::FailedPrecondition(_))));
+    assert!(matches!(kms.encrypt("t/doomed", b"x", &c), Err(KmsError::FailedPrecondition(_))));
+    assert!(matches!(kms.cancel_key_deletion("t/doomed"), Err(KmsError::FailedPrecondition(_))));
+    assert_eq!(kms.describe_key("t/kept").unwrap().state, KeyState::Enabled);
+    // Idempotent.
+    assert!(kms.purge_due_deletions(due + 10).unwrap().is_empty());
+
+    // Crypto-shredding reaches the disk: no copy of the wrapped material is left in the
+    // database file or its WAL (secure_delete and a WAL truncation).
+    drop(kms);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("keystore.db") {
+            files.push(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!files.is_empty());
+    for material in &wrapped {
+        for bytes in &files {
+            assert!(!bytes.windows(material.len()).any(|w| w == material.as_slice()), "wrapped material left on disk");
+        }
+    }
+}
+
+#[test]
+fn cancel_after_the_window_is_refused_even_before_the_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = open(dir.path());
+    kms.create_key("t/k").unwrap();
+    kms.schedule_key_deletion("t/k", 1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(matches!(kms.cancel_key_deletion("t/k"), Err(KmsError::FailedPrecondition(_))));
+}
+
+#[test]
+fn kek_cache_is_bounded_and_misses_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = open_with(dir.path(), KmsOptions { kek_cache_capacity: 2, ..KmsOptions::default() });
+    let c = ctx(&[]);
+    let mut cts = Vec::new();
+    for i in 0..6 {
+        let name = format!("t/k{i}");
+        kms.create_key(&name).unwrap();
+        cts.push(kms.encrypt(&name, name.as_bytes(), &c).unwrap().0);
+        assert!(kms.cached_kek_count() <= 2);
+    }
+    for (i, ct) in cts.iter().enumerate() {
+        assert_eq!(kms.decrypt(ct, &c).unwrap().0.expose_secret(), format!("t/k{i}").as_bytes());
+        assert!(kms.cached_kek_count() <= 2);
+    }
+    let none = open_with(dir.path(), KmsOptions { kek_cache_capacity: 0, ..KmsOptions::default() });
+    assert_eq!(none.decrypt(&cts[0], &c).unwrap().0.expose_secret(), b"t/k0");
+    assert_eq!(none.cached_kek_count(), 0);
+}
+
+#[test]
+fn cache_only_defers_to_the_store_and_sees_local_changes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = open(dir.path());
+    let c = ctx(&[("tenant", "a")]);
+    kms.create_key("t/k").unwrap();
+    let cold = open(dir.path());
+    // Nothing cached in a fresh process: cache-only refuses without side effects.
+    assert!(matches!(cold.cache_only(|k| k.encrypt("t/k", b"x", &c)), Err(KmsError::WouldBlock)));
+    let (ct, _) = cold.encrypt("t/k", b"x", &c).unwrap();
+    assert_eq!(cold.cache_only(|k| k.decrypt(&ct, &c)).unwrap().0.expose_secret(), b"x");
+    assert!(cold.cache_only(|k| k.encrypt("t/k", b"y", &c)).is_ok());
+    // Changes through this process replace the cached record immediately.
+    cold.disable_key("t/k").unwrap();
+    assert!(matches!(cold.cache_only(|k| k.encrypt("t/k", b"x", &c)), Err(KmsError::FailedPrecondition(_))));
+    cold.enable_key("t/k").unwrap();
+    cold.rotate_key("t/k").unwrap();
+    assert_eq!(cold.cache_only(|k| k.encrypt("t/k", b"x", &c)).unwrap().1, 2);
+    // Secrets and admin operations are not cache-only operations; a failed store access
+    // leaves the thread usable afterwards.
+    assert!(cold.put_secret("s", "t/k", b"v").is_ok());
+}
+
+/// Two KMS instances over one store behave like two sidecars sharing PostgreSQL: a change
+/// made through one is honoured by the other within the key-cache TTL.
+fn changes_propagate_within_the_ttl(a: Kms, b: Kms, ttl: std::time::Duration) {
+    let c = ctx(&[]);
+    a.create_key("t/shared").unwrap();
+    let (ct, _) = a.encrypt("t/shared", b"x", &c).unwrap();
+    b.decrypt(&ct, &c).unwrap();
+    a.disable_key("t/shared").unwrap();
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    assert!(matches!(b.decrypt(&ct, &c), Err(KmsError::FailedPrecondition(_))));
+    assert!(matches!(b.encrypt("t/shared", b"x", &c), Err(KmsError::FailedPrecondition(_))));
+    a.enable_key("t/shared").unwrap();
+    a.rotate_key("t/shared").unwrap();
+    std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    assert_eq!(b.encrypt("t/shared", b"x", &c).unwrap().1, 2, "b sees the new primary");
+}
+
+#[test]
+fn changes_by_another_sidecar_are_honoured_within_the_ttl_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let options = KmsOptions { key_cache_ttl: ttl, ..KmsOptions::default() };
+    changes_propagate_within_the_ttl(open_with(dir.path(), options), open_with(dir.path(), options), ttl);
+}
+
+#[test]
+fn changes_by_another_sidecar_are_honoured_within_the_ttl_postgres() {
+    let Some(pg) = common::PgSchema::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let options = KmsOptions { key_cache_ttl: ttl, ..KmsOptions::default() };
+    let root = |may_create| LocalRootKey::load_or_create(dir.path().join("root.key"), may_create).unwrap();
+    let a = Kms::with_options(Arc::new(PostgresStore::connect(&pg.config).unwrap()), root(true), options);
+    let b = Kms::with_options(Arc::new(PostgresStore::connect(&pg.config).unwrap()), root(false), options);
+    changes_propagate_within_the_ttl(a, b, ttl);
 }

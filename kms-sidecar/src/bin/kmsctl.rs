@@ -198,6 +198,31 @@ fn print_key(json_out: bool, k: &pb::KeyMetadata) {
 
 /// Writes through `f` into a 0600 temporary file beside `out`, renamed over `out` only on
 /// success; removed on failure.
+/// Opens `path` for reading, counted by a progress bar on standard error when that is a
+/// terminal (and output is not JSON); a hidden bar otherwise.
+fn open_with_progress(
+    path: &Path,
+    verb: &'static str,
+    json: bool,
+) -> Result<(indicatif::ProgressBarIter<File>, indicatif::ProgressBar)> {
+    use std::io::IsTerminal;
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if !json && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(verb);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    Ok((bar.wrap_read(file), bar))
+}
+
 fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -270,8 +295,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Encrypt { key, context: ctx, input, output } => {
             let ctx = EncryptionContext::from(context(&ctx)?);
             let envelope = Envelope::new(SidecarProvider::new(client));
-            let mut reader =
-                BufReader::with_capacity(1 << 20, File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?);
+            let (file, bar) = open_with_progress(&input, "encrypt", j)?;
+            let mut reader = BufReader::with_capacity(1 << 20, file);
             let mut bytes = 0u64;
             write_atomically(&output, |w| {
                 let mut sealer = envelope.encrypting_writer(w, &key, &ctx)?;
@@ -279,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 sealer.finish()?;
                 Ok(())
             })?;
+            bar.finish_and_clear();
             if j {
                 println!("{}", json!({"in": input, "out": output, "bytes": bytes, "key": key}));
             } else {
@@ -288,13 +314,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Decrypt { context: ctx, input, output } => {
             let ctx = EncryptionContext::from(context(&ctx)?);
             let envelope = Envelope::new(SidecarProvider::new(client));
-            let file = File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let (file, bar) = open_with_progress(&input, "decrypt", j)?;
             let mut reader = envelope.decrypting_reader(BufReader::with_capacity(1 << 20, file), &ctx)?;
             let mut bytes = 0u64;
             write_atomically(&output, |w| {
                 bytes = std::io::copy(&mut reader, w)?;
                 Ok(())
             })?;
+            bar.finish_and_clear();
             if j {
                 println!("{}", json!({"in": input, "out": output, "bytes": bytes}));
             } else {

@@ -215,6 +215,10 @@ impl KeyStore for PostgresStore {
         tx.execute("UPDATE keys SET row_version = row_version + 1 WHERE name = $1", &[&name])?;
         let record = load_key(&mut tx, name)?;
         tx.commit()?;
+        // The old row version (with the material) stays in the table's pages until vacuum
+        // reclaims it: ask for that now rather than waiting for autovacuum. Best effort
+        // (another session's open snapshot can keep the row alive a little longer).
+        let _ = client.batch_execute("VACUUM key_versions");
         Ok(record)
     }
 

@@ -42,7 +42,9 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(format!("could not enable WAL (journal_mode={mode})")));
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        // secure_delete: SQLite overwrites deleted content instead of leaving it in free
+        // space, so a destroyed key version's wrapped material is gone from the file.
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")?;
         let store = Self { conn: Mutex::new(conn), path };
         store.migrate()?;
         Ok(store)
@@ -230,6 +232,10 @@ impl KeyStore for SqliteStore {
         tx.execute("UPDATE keys SET row_version = row_version + 1 WHERE name = ?1", [name])?;
         let record = load_key(&tx, name)?;
         tx.commit()?;
+        // Older WAL frames may still hold page images with the material: copy the new pages
+        // into the database file and truncate the WAL. Best effort: the destruction itself
+        // is committed; a checkpoint that cannot finish now runs again at the next one.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(record)
     }
 

@@ -1,0 +1,349 @@
+//! Settings of `kms-sidecar serve`, from three layers: a TOML file (`--config` or
+//! `KMS_CONFIG`), `KMS_*` environment variables, and command-line flags.
+//!
+//! **Precedence: flag > environment variable > config file > built-in default**, setting by
+//! setting. Every setting has the same name in all three places: flag `--max-request-bytes`,
+//! variable `KMS_MAX_REQUEST_BYTES`, TOML key `max_request_bytes`. An unknown key, a value
+//! of the wrong type or an unparsable duration in the file is an error that names it; the
+//! server never starts on a half-understood configuration.
+//!
+//! ```toml
+//! data_dir = "/var/lib/kms"
+//! listen = "unix:///run/kms/kms.sock"
+//! socket_mode = "660"
+//! max_request_bytes = 4194304
+//! key_cache_ttl = "1s"
+//! kek_cache_capacity = 4096
+//! deletion_check_interval = "10s"
+//! log_format = "json"
+//! log_level = "info"
+//! # postgres = "host=db user=kms dbname=kms"
+//! # tls_cert = "/etc/kms/tls.crt"
+//! # tls_key = "/etc/kms/tls.key"
+//! # client_ca = "/etc/kms/clients-ca.crt"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default largest accepted request message: 4 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why the configuration was refused. Names the setting and the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A setting has an invalid value.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The `serve` flags; each also reads `KMS_<NAME>` from the environment. Every field is
+/// optional so the config file can fill what neither flag nor variable gave.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (lowest precedence: environment variables and flags override it).
+    #[arg(long, env = "KMS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory: keystore, root key and default socket [default: ./kms-data].
+    #[arg(long, env = "KMS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address: unix:///path/to.sock or tcp://IP:PORT (TLS required)
+    /// [default: unix://DATA_DIR/kms.sock].
+    #[arg(long, env = "KMS_LISTEN")]
+    pub listen: Option<String>,
+    /// PostgreSQL connection string; when set, keys live there instead of SQLite.
+    #[arg(long, env = "KMS_POSTGRES")]
+    pub postgres: Option<String>,
+    /// Socket file permissions, octal [default: 600].
+    #[arg(long, env = "KMS_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
+    /// TLS certificate chain (PEM), required for tcp:// listeners.
+    #[arg(long, env = "KMS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), required for tcp:// listeners.
+    #[arg(long, env = "KMS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are required (mTLS).
+    #[arg(long, env = "KMS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Largest accepted payload (and request message) in bytes [default: 4194304].
+    #[arg(long, env = "KMS_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// How long a key record is trusted before it is read again from the keystore: the
+    /// bound on how late a change made by another sidecar is honoured here [default: 1s].
+    #[arg(long, env = "KMS_KEY_CACHE_TTL")]
+    pub key_cache_ttl: Option<String>,
+    /// Most unwrapped KEK versions held in memory [default: 4096].
+    #[arg(long, env = "KMS_KEK_CACHE_CAPACITY")]
+    pub kek_cache_capacity: Option<usize>,
+    /// How often keys whose deletion window has passed are destroyed [default: 10s].
+    #[arg(long, env = "KMS_DELETION_CHECK_INTERVAL")]
+    pub deletion_check_interval: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "KMS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level or filter (error, warn, info, debug, trace; or a tracing filter such as
+    /// `kms_sidecar=debug`) [default: info].
+    #[arg(long, env = "KMS_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file: the same settings as [`ServeArgs`], by the same names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    postgres: Option<String>,
+    socket_mode: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    max_request_bytes: Option<usize>,
+    key_cache_ttl: Option<String>,
+    kek_cache_capacity: Option<usize>,
+    deletion_check_interval: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix domain socket at this path.
+    Unix(PathBuf),
+    /// TCP with TLS at this address, from these PEM files.
+    Tcp(std::net::SocketAddr, crate::server::TlsFiles),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listener.
+    pub listen: Listen,
+    /// PostgreSQL connection string, if keys live there.
+    pub postgres: Option<String>,
+    /// Socket file mode.
+    pub socket_mode: u32,
+    /// Largest accepted payload in bytes.
+    pub max_request_bytes: usize,
+    /// Key record cache TTL.
+    pub key_cache_ttl: Duration,
+    /// KEK cache capacity.
+    pub kek_cache_capacity: usize,
+    /// Interval of the deletion job.
+    pub deletion_check_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Parses a duration: an integer with a unit `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"1s"`,
+/// `"90d"`), or `"0"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 10s, 5m, 2h, 90d)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, message: message.into() }
+}
+
+impl ServeArgs {
+    /// Resolves flags and environment (already merged by clap) over the config file (if
+    /// any) over the defaults, and validates the result.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./kms-data"));
+        let tls_cert = self.tls_cert.or(file.tls_cert);
+        let tls_key = self.tls_key.or(file.tls_key);
+        let client_ca = self.client_ca.or(file.client_ca);
+        let listen = match self.listen.or(file.listen) {
+            None => Listen::Unix(data_dir.join("kms.sock")),
+            Some(l) => {
+                if let Some(p) = l.strip_prefix("unix://").filter(|p| !p.is_empty()) {
+                    Listen::Unix(PathBuf::from(p))
+                } else if let Some(addr) = l.strip_prefix("tcp://") {
+                    let addr = addr.parse().map_err(|_| invalid("listen", format!("{l:?}: expected tcp://IP:PORT")))?;
+                    let (Some(cert), Some(key)) = (tls_cert.clone(), tls_key.clone()) else {
+                        return Err(invalid("listen", "a tcp:// listener requires TLS: give --tls-cert and --tls-key"));
+                    };
+                    Listen::Tcp(addr, crate::server::TlsFiles { cert, key, client_ca: client_ca.clone() })
+                } else {
+                    return Err(invalid("listen", format!("{l:?}: expected unix:///path or tcp://IP:PORT")));
+                }
+            }
+        };
+        if matches!(listen, Listen::Unix(_)) && (tls_cert.is_some() || tls_key.is_some() || client_ca.is_some()) {
+            return Err(invalid("tls", "tls_cert, tls_key and client_ca apply to tcp:// listeners only"));
+        }
+        let socket_mode_text = self.socket_mode.or(file.socket_mode).unwrap_or_else(|| "600".into());
+        let socket_mode = u32::from_str_radix(&socket_mode_text, 8)
+            .ok()
+            .filter(|m| m & !0o777 == 0)
+            .ok_or_else(|| invalid("socket_mode", format!("{socket_mode_text:?} is not an octal mode up to 777")))?;
+        let max_request_bytes = self.max_request_bytes.or(file.max_request_bytes).unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if max_request_bytes == 0 || max_request_bytes > 1 << 30 {
+            return Err(invalid("max_request_bytes", format!("{max_request_bytes} is outside 1 ..= 1073741824")));
+        }
+        let duration = |setting: &'static str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => parse_duration(&t).map_err(|m| invalid(setting, m)),
+        };
+        let key_cache_ttl =
+            duration("key_cache_ttl", self.key_cache_ttl.or(file.key_cache_ttl), Duration::from_secs(1))?;
+        let deletion_check_interval = duration(
+            "deletion_check_interval",
+            self.deletion_check_interval.or(file.deletion_check_interval),
+            Duration::from_secs(10),
+        )?;
+        if deletion_check_interval.is_zero() {
+            return Err(invalid("deletion_check_interval", "must be longer than 0"));
+        }
+        let log_format = match self.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("log_format", format!("{other:?}: use text or json"))),
+        };
+        Ok(Settings {
+            data_dir,
+            listen,
+            postgres: self.postgres.or(file.postgres),
+            socket_mode,
+            max_request_bytes,
+            key_cache_ttl,
+            kek_cache_capacity: self.kek_cache_capacity.or(file.kek_cache_capacity).unwrap_or(4096),
+            deletion_check_interval,
+            log_format,
+            log_level: self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./kms-data"));
+        assert_eq!(s.listen, Listen::Unix(PathBuf::from("./kms-data/kms.sock")));
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(s.key_cache_ttl, Duration::from_secs(1));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let (_d, path) = file("data_dir = \"/from/file\"\nmax_request_bytes = 1000\nlog_format = \"json\"\n");
+        let args = ServeArgs { config: Some(path), max_request_bytes: Some(2000), ..ServeArgs::default() };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.listen, Listen::Unix(PathBuf::from("/from/file/kms.sock")));
+        assert_eq!(s.max_request_bytes, 2000, "the flag wins over the file");
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_setting_named() {
+        let (_d, path) = file("data_dir = \"/x\"\nmax_request_byte = 10\n");
+        let e = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("max_request_byte"), "{e}");
+        let (_d, path) = file("max_request_bytes = \"ten\"\n");
+        let e = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("max_request_bytes"), "{e}");
+        let (_d, path) = file("this is not toml");
+        assert!(ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().is_err());
+        let e = ServeArgs { key_cache_ttl: Some("1 fortnight".into()), ..ServeArgs::default() }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("key_cache_ttl:"), "{e}");
+        let e = ServeArgs { socket_mode: Some("999".into()), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(e.to_string().starts_with("socket_mode:"), "{e}");
+        let e = ServeArgs { listen: Some("tcp://127.0.0.1:1".into()), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("requires TLS"), "{e}");
+        let missing = ServeArgs { config: Some("/nonexistent/kms.toml".into()), ..ServeArgs::default() };
+        assert!(matches!(missing.resolve(), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "s", "10", "-1s", "1.5s", "10 s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

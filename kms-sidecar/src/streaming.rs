@@ -1,0 +1,255 @@
+//! EncryptStream and DecryptStream: payloads of any size through crypto-core's own
+//! streaming writer and reader, in constant server memory.
+//!
+//! Each call runs on one blocking thread. That thread pulls request chunks from the
+//! inbound gRPC stream (through the runtime handle) as a [`std::io::Read`] and pushes
+//! output through a bounded channel as a [`std::io::Write`], so at most one request chunk,
+//! one segment being sealed or opened and [`OUTBOUND_DEPTH`] output messages are held at
+//! a time, and a slow client slows the call down instead of growing buffers.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use crypto_core::envelope::{EncryptingWriter, EnvelopeError};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::grpc::{pb, status};
+use crate::kms::{Kms, KmsError};
+
+/// Output messages queued per call before the server waits for the client.
+pub(crate) const OUTBOUND_DEPTH: usize = 4;
+/// Bytes gathered into one output message (one default segment plus its tag fits).
+const OUTPUT_CHUNK: usize = 64 * 1024 + 16;
+
+/// A gRPC status carried through `io::Error` so it survives the streaming types.
+#[derive(Debug)]
+struct Abort(Status);
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for Abort {}
+
+fn abort(s: Status) -> io::Error {
+    io::Error::other(Abort(s))
+}
+
+/// The status to end a call with after `e`: a carried status as it is, an envelope error
+/// through the KMS error mapping (coarse for authentication failures).
+fn io_status(e: io::Error) -> Status {
+    if let Some(Abort(s)) = e.get_ref().and_then(|i| i.downcast_ref::<Abort>()) {
+        return s.clone();
+    }
+    match EnvelopeError::from_io(&e) {
+        Some(_) => {
+            let inner = e.into_inner().and_then(|i| i.downcast::<EnvelopeError>().ok());
+            match inner {
+                Some(env) => status(KmsError::from(*env)),
+                None => Status::internal("stream failed"),
+            }
+        }
+        None if e.kind() == io::ErrorKind::UnexpectedEof => status(KmsError::DecryptFailed),
+        None => Status::internal(format!("stream I/O: {e}")),
+    }
+}
+
+/// The request stream as a byte reader. `chunk_of` validates a later message and returns
+/// its bytes.
+struct Inbound<M, F> {
+    stream: Streaming<M>,
+    handle: Handle,
+    current: Vec<u8>,
+    pos: usize,
+    chunk_of: F,
+}
+
+impl<M, F: FnMut(M) -> Result<Vec<u8>, Status>> Read for Inbound<M, F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.handle.block_on(self.stream.message()) {
+                Ok(Some(m)) => {
+                    self.current = (self.chunk_of)(m).map_err(abort)?;
+                    self.pos = 0;
+                }
+                Ok(None) => return Ok(0),
+                Err(s) => return Err(abort(s)),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Output bytes gathered into messages of about [`OUTPUT_CHUNK`] bytes.
+struct Outbound<T, F> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    buf: Vec<u8>,
+    make: F,
+}
+
+impl<T, F: FnMut(Vec<u8>) -> T> Outbound<T, F> {
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(OUTPUT_CHUNK));
+        self.tx
+            .blocking_send(Ok((self.make)(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl<T, F: FnMut(Vec<u8>) -> T> Write for Outbound<T, F> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(OUTPUT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == OUTPUT_CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffered()
+    }
+}
+
+impl<T, F> Drop for Outbound<T, F> {
+    fn drop(&mut self) {
+        // May hold plaintext (DecryptStream) that was never sent.
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
+}
+
+fn context(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+fn size_check(max: usize) -> impl Fn(usize) -> Result<(), Status> {
+    move |len| {
+        if len > max {
+            return Err(Status::resource_exhausted(format!(
+                "stream chunk of {len} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Serves one EncryptStream call.
+pub(crate) async fn encrypt_stream(
+    kms: Arc<Kms>,
+    mut inbound: Streaming<pb::EncryptStreamRequest>,
+    max_chunk: usize,
+) -> Result<ReceiverStream<Result<pb::EncryptStreamResponse, Status>>, Status> {
+    let check = size_check(max_chunk);
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("EncryptStream: the first message must name the key"))?;
+    check(first.chunk.len())?;
+    let ctx = context(first.context);
+    let key_name = first.key_name;
+    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let handle = Handle::current();
+    // The sealer may need the store (key record, KEK): prepared on the blocking thread too,
+    // but before the call is answered, so a bad key fails the call with its own code.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let sealer = match kms.stream_sealer(&key_name, &ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(status(e)));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        let key_version = sealer.header().key_version();
+        let mut first_out = true;
+        let out = Outbound {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(OUTPUT_CHUNK),
+            make: move |chunk| {
+                let v = if std::mem::take(&mut first_out) { key_version } else { 0 };
+                pb::EncryptStreamResponse { chunk, key_version: v }
+            },
+        };
+        let mut input = Inbound {
+            stream: inbound,
+            handle,
+            current: first.chunk,
+            pos: 0,
+            chunk_of: move |m: pb::EncryptStreamRequest| {
+                if !m.key_name.is_empty() || !m.context.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "EncryptStream: key_name and context belong in the first message only",
+                    ));
+                }
+                check(m.chunk.len())?;
+                Ok(m.chunk)
+            },
+        };
+        let result = EncryptingWriter::new(out, sealer).map_err(|e| status(KmsError::from(e))).and_then(|mut w| {
+            io::copy(&mut input, &mut w).map_err(io_status)?;
+            w.finish().map_err(io_status)?.flush().map_err(io_status)
+        });
+        if let Err(s) = result {
+            let _ = tx.blocking_send(Err(s));
+        }
+    });
+    ready_rx.await.map_err(|_| Status::internal("EncryptStream worker failed"))??;
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Serves one DecryptStream call.
+pub(crate) async fn decrypt_stream(
+    kms: Arc<Kms>,
+    mut inbound: Streaming<pb::DecryptStreamRequest>,
+    max_chunk: usize,
+) -> Result<ReceiverStream<Result<pb::DecryptStreamResponse, Status>>, Status> {
+    let check = size_check(max_chunk);
+    let first =
+        inbound.message().await?.ok_or_else(|| Status::invalid_argument("DecryptStream: no ciphertext sent"))?;
+    check(first.chunk.len())?;
+    let ctx = context(first.context);
+    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let input = Inbound {
+            stream: inbound,
+            handle,
+            current: first.chunk,
+            pos: 0,
+            chunk_of: move |m: pb::DecryptStreamRequest| {
+                if !m.context.is_empty() {
+                    return Err(Status::invalid_argument("DecryptStream: context belongs in the first message only"));
+                }
+                check(m.chunk.len())?;
+                Ok(m.chunk)
+            },
+        };
+        let mut out = Outbound {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(OUTPUT_CHUNK),
+            make: |chunk| pb::DecryptStreamResponse { chunk },
+        };
+        let result = match kms.decrypting_reader(input, &ctx) {
+            Err(EnvelopeError::Io(e)) => Err(io_status(e)),
+            Err(e) => Err(status(KmsError::from(e))),
+            Ok(mut reader) => io::copy(&mut reader, &mut out).and_then(|_| out.flush()).map_err(io_status),
+        };
+        if let Err(s) = result {
+            let _ = tx.blocking_send(Err(s));
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
