@@ -103,5 +103,14 @@ w("")
 extra = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.notes.md")
 if os.path.exists(extra):
     out.append(open(extra).read())
-open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "w").write("\n".join(out) + "\n")
+results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+# The sidecar load section is written by `kms-load --results` (a different run); keep it.
+BEGIN, END = "<!-- kms-load:begin -->", "<!-- kms-load:end -->"
+if os.path.exists(results):
+    old = open(results).read()
+    b, e = old.find(BEGIN), old.find(END)
+    if 0 <= b < e:
+        out.append("## Sidecar load (kms-load)\n")
+        out.append(old[b:e + len(END)])
+open(results, "w").write("\n".join(out) + "\n")
 print("\n".join(out))

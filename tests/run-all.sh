@@ -21,6 +21,10 @@ cargo test --workspace
 step "benchmarks compile and run once in test mode"
 cargo test -q -p cryptocore-benches --benches
 
+step "sidecar load generator: short smoke run (real sidecar + echo server, debug build; figures in benches/RESULTS.md come from release builds)"
+cargo build -q -p kms-sidecar --bin kms-sidecar
+cargo run -q -p cryptocore-benches --bin kms-load -- --concurrency 1,8 --seconds 0.5 --warmup 0.2 >/dev/null
+
 step "library demo: filecrypt (the README main job is the sidecar; it is exercised by the kms-sidecar tests)"
 cargo run -q -p crypto-core --example filecrypt -- demo
 

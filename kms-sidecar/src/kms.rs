@@ -556,9 +556,10 @@ impl Kms {
     ) -> Result<(Vec<u8>, u32), KmsError> {
         validate_key_name(key_name)?;
         let ctx = EncryptionContext::from(context.clone());
-        let ct = self.envelope().seal_compact(key_name, &ctx, plaintext)?;
-        let version = self.envelope().inspect(&ct)?.key_version();
-        Ok((ct, version))
+        // The sealer knows the version it wraps under: no need to parse the result again.
+        let sealer = self.envelope().sealer(key_name, &ctx, crypto_core::envelope::Form::Compact)?;
+        let version = sealer.header().key_version();
+        Ok((sealer.seal(plaintext)?, version))
     }
 
     /// Decrypts a ciphertext from [`Kms::encrypt`]; returns plaintext, key name, version.

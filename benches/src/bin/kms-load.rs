@@ -267,6 +267,10 @@ fn us(d: Duration) -> String {
     if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") }
 }
 
+fn cpu(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} µs", d.as_secs_f64() * 1e6)).unwrap_or_else(|| "n/a".into())
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -389,18 +393,17 @@ fn run(cli: Cli) -> Result<()> {
         cli.seconds,
         cli.warmup
     ));
-    md.push_str("| concurrency | Echo req/s | Encrypt req/s | Encrypt ÷ Echo | Encrypt p50 | Encrypt p99 | Encrypt p99.9 | sidecar CPU per Encrypt | Decrypt req/s | Decrypt ÷ Echo | Decrypt p50 | Decrypt p99 | Decrypt p99.9 | Echo p50 | Echo p99 | errors |\n");
+    md.push_str("| concurrency | Echo req/s | Encrypt req/s | Encrypt ÷ Echo | Encrypt p50 | Encrypt p99 | Encrypt p99.9 | Decrypt req/s | Decrypt ÷ Echo | Decrypt p50 | Decrypt p99 | Decrypt p99.9 | Echo p50 | Echo p99 | server CPU per request: Echo / Encrypt / Decrypt | errors |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (c, e, enc, dec) in &rows {
         md.push_str(&format!(
-            "| {c} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {} | {:.0} | {:.0}% | {} | {} | {} | {} | {} | {} |\n",
+            "| {c} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {:.0} | {:.0}% | {} | {} | {} | {} | {} | {} / {} / {} | {} |\n",
             e.rps,
             enc.rps,
             100.0 * enc.rps / e.rps,
             us(enc.p50),
             us(enc.p99),
             us(enc.p999),
-            enc.server_cpu_per_request.map(us).unwrap_or_else(|| "n/a".into()),
             dec.rps,
             100.0 * dec.rps / e.rps,
             us(dec.p50),
@@ -408,10 +411,18 @@ fn run(cli: Cli) -> Result<()> {
             us(dec.p999),
             us(e.p50),
             us(e.p99),
+            cpu(e.server_cpu_per_request),
+            cpu(enc.server_cpu_per_request),
+            cpu(dec.server_cpu_per_request),
             e.errors + enc.errors + dec.errors
         ));
     }
     md.push_str(&format!("\nSidecar peak RSS over the whole run: {:.1} MiB.\n", peak_rss as f64 / (1 << 20) as f64));
+    md.push_str(&goals(&rows));
+    md.push_str(&format!(
+        "\nReproduce: `cargo build --release -p kms-sidecar -p cryptocore-benches && target/release/kms-load {}`\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    ));
     print!("{md}");
     if let Some(path) = cli.results {
         replace_section(&path, &md)?;
@@ -421,6 +432,35 @@ fn run(cli: Cli) -> Result<()> {
         return Err("some requests failed".into());
     }
     Ok(())
+}
+
+/// The sidecar issue's goals, judged on this run's figures.
+fn goals(rows: &[(usize, Stats, Stats, Stats)]) -> String {
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    let mut out = String::from("\n| goal (sidecar issue) | measured in this run | verdict |\n|---|---|---|\n");
+    if let Some((c, e, enc, _)) = rows.iter().min_by(|a, b| (a.2.rps / a.1.rps).total_cmp(&(b.2.rps / b.1.rps))) {
+        let ratio = 100.0 * enc.rps / e.rps;
+        out.push_str(&format!(
+            "| Encrypt ≥ 80 % of the echo rate | lowest {ratio:.0} % (concurrency {c}) | {} |\n",
+            verdict(ratio >= 80.0)
+        ));
+    }
+    if let Some((c, _, enc, _)) = rows.iter().max_by(|a, b| a.2.rps.total_cmp(&b.2.rps)) {
+        out.push_str(&format!(
+            "| ≥ 40,000 Encrypt/s with the load generator on the same machine | {:.0}/s (concurrency {c}) | {} |\n",
+            enc.rps,
+            verdict(enc.rps >= 40_000.0)
+        ));
+    }
+    match rows.iter().find(|r| r.0 == 16) {
+        Some((_, _, enc, _)) => out.push_str(&format!(
+            "| Encrypt p99 ≤ 2 ms at concurrency 16 | {} | {} |\n",
+            us(enc.p99),
+            verdict(enc.p99 <= Duration::from_millis(2))
+        )),
+        None => out.push_str("| Encrypt p99 ≤ 2 ms at concurrency 16 | not measured in this run | n/a |\n"),
+    }
+    out
 }
 
 const BEGIN: &str = "<!-- kms-load:begin -->";
