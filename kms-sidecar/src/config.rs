@@ -14,6 +14,8 @@
 //! max_request_bytes = 4194304
 //! key_cache_ttl = "1s"
 //! kek_cache_capacity = 4096
+//! max_concurrent_streams = 32
+//! stream_idle_timeout = "60s"
 //! deletion_check_interval = "10s"
 //! log_format = "json"
 //! log_level = "info"
@@ -100,6 +102,12 @@ pub struct ServeArgs {
     /// Most unwrapped KEK versions held in memory [default: 4096].
     #[arg(long, env = "KMS_KEK_CACHE_CAPACITY")]
     pub kek_cache_capacity: Option<usize>,
+    /// Most EncryptStream/DecryptStream calls at once [default: 32].
+    #[arg(long, env = "KMS_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<usize>,
+    /// A stream whose client neither sends nor reads for this long is ended [default: 60s].
+    #[arg(long, env = "KMS_STREAM_IDLE_TIMEOUT")]
+    pub stream_idle_timeout: Option<String>,
     /// How often keys whose deletion window has passed are destroyed [default: 10s].
     #[arg(long, env = "KMS_DELETION_CHECK_INTERVAL")]
     pub deletion_check_interval: Option<String>,
@@ -126,6 +134,8 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     key_cache_ttl: Option<String>,
     kek_cache_capacity: Option<usize>,
+    max_concurrent_streams: Option<usize>,
+    stream_idle_timeout: Option<String>,
     deletion_check_interval: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
@@ -160,8 +170,8 @@ pub struct Settings {
     pub postgres: Option<String>,
     /// Socket file mode.
     pub socket_mode: u32,
-    /// Largest accepted payload in bytes.
-    pub max_request_bytes: usize,
+    /// Request limits (payload size, concurrent streams, stream idle timeout).
+    pub limits: crate::grpc::Limits,
     /// Key record cache TTL.
     pub key_cache_ttl: Duration,
     /// KEK cache capacity.
@@ -172,6 +182,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Settings that were ignored, to be logged once logging is up.
+    pub warnings: Vec<String>,
 }
 
 /// Parses a duration: an integer with a unit `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"1s"`,
@@ -227,8 +239,11 @@ impl ServeArgs {
                 }
             }
         };
+        let mut warnings = Vec::new();
         if matches!(listen, Listen::Unix(_)) && (tls_cert.is_some() || tls_key.is_some() || client_ca.is_some()) {
-            return Err(invalid("tls", "tls_cert, tls_key and client_ca apply to tcp:// listeners only"));
+            // Not an error: a higher layer (env, flag) may switch a file's tcp:// listener
+            // to a socket; the TLS files of the lower layer then simply do not apply.
+            warnings.push("tls_cert, tls_key and client_ca are ignored: the listener is a Unix socket".into());
         }
         let socket_mode_text = self.socket_mode.or(file.socket_mode).unwrap_or_else(|| "600".into());
         let socket_mode = u32::from_str_radix(&socket_mode_text, 8)
@@ -245,6 +260,21 @@ impl ServeArgs {
         };
         let key_cache_ttl =
             duration("key_cache_ttl", self.key_cache_ttl.or(file.key_cache_ttl), Duration::from_secs(1))?;
+        if key_cache_ttl > Duration::from_secs(3600) {
+            return Err(invalid("key_cache_ttl", "at most 1h: it bounds how late a key change is honoured"));
+        }
+        let stream_idle_timeout = duration(
+            "stream_idle_timeout",
+            self.stream_idle_timeout.or(file.stream_idle_timeout),
+            Duration::from_secs(60),
+        )?;
+        if stream_idle_timeout.is_zero() {
+            return Err(invalid("stream_idle_timeout", "must be longer than 0"));
+        }
+        let max_concurrent_streams = self.max_concurrent_streams.or(file.max_concurrent_streams).unwrap_or(32);
+        if max_concurrent_streams == 0 || max_concurrent_streams > 4096 {
+            return Err(invalid("max_concurrent_streams", format!("{max_concurrent_streams} is outside 1 ..= 4096")));
+        }
         let deletion_check_interval = duration(
             "deletion_check_interval",
             self.deletion_check_interval.or(file.deletion_check_interval),
@@ -263,12 +293,13 @@ impl ServeArgs {
             listen,
             postgres: self.postgres.or(file.postgres),
             socket_mode,
-            max_request_bytes,
+            limits: crate::grpc::Limits { max_request_bytes, max_concurrent_streams, stream_idle_timeout },
             key_cache_ttl,
             kek_cache_capacity: self.kek_cache_capacity.or(file.kek_cache_capacity).unwrap_or(4096),
             deletion_check_interval,
             log_format,
             log_level: self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            warnings,
         })
     }
 }
@@ -296,7 +327,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./kms-data"));
         assert_eq!(s.listen, Listen::Unix(PathBuf::from("./kms-data/kms.sock")));
         assert_eq!(s.socket_mode, 0o600);
-        assert_eq!(s.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(s.limits, crate::grpc::Limits::default());
         assert_eq!(s.key_cache_ttl, Duration::from_secs(1));
         assert_eq!(s.log_format, LogFormat::Text);
     }
@@ -308,8 +339,20 @@ mod tests {
         let s = args.resolve().unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
         assert_eq!(s.listen, Listen::Unix(PathBuf::from("/from/file/kms.sock")));
-        assert_eq!(s.max_request_bytes, 2000, "the flag wins over the file");
+        assert_eq!(s.limits.max_request_bytes, 2000, "the flag wins over the file");
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_higher_layer_can_switch_a_tls_listener_to_a_socket() {
+        let (_d, path) = file("listen = \"tcp://127.0.0.1:7000\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+        let s = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }.resolve().unwrap();
+        assert!(matches!(s.listen, Listen::Tcp(..)));
+        assert!(s.warnings.is_empty());
+        let args = ServeArgs { config: Some(path), listen: Some("unix:///tmp/k.sock".into()), ..ServeArgs::default() };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen, Listen::Unix(PathBuf::from("/tmp/k.sock")));
+        assert_eq!(s.warnings.len(), 1, "the unused TLS files are reported");
     }
 
     #[test]
@@ -331,6 +374,8 @@ mod tests {
         assert!(e.to_string().starts_with("socket_mode:"), "{e}");
         let e = ServeArgs { listen: Some("tcp://127.0.0.1:1".into()), ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("requires TLS"), "{e}");
+        let e = ServeArgs { key_cache_ttl: Some("2h".into()), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(e.to_string().starts_with("key_cache_ttl:"), "{e}");
         let missing = ServeArgs { config: Some("/nonexistent/kms.toml".into()), ..ServeArgs::default() };
         assert!(matches!(missing.resolve(), Err(ConfigError::Read { .. })));
     }

@@ -64,18 +64,46 @@ fn item_error(e: KmsError) -> pb::ItemError {
     pb::ItemError { code: st.code() as i32, message: st.message().to_owned() }
 }
 
+/// Request limits of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload (plaintext, ciphertext, secret value, batch total, stream chunk);
+    /// larger gets `RESOURCE_EXHAUSTED`.
+    pub max_request_bytes: usize,
+    /// Most EncryptStream/DecryptStream calls at once (each holds a thread and up to two
+    /// segments); more get `RESOURCE_EXHAUSTED`.
+    pub max_concurrent_streams: usize,
+    /// A stream whose client sends nothing, or reads nothing, for this long ends with
+    /// `DEADLINE_EXCEEDED`.
+    pub stream_idle_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_streams: 32,
+            stream_idle_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// The gRPC service over a [`Kms`].
 #[derive(Debug, Clone)]
 pub struct KmsService {
     kms: Arc<Kms>,
     max_payload: usize,
+    streams: crate::streaming::StreamSlots,
 }
 
 impl KmsService {
-    /// A service over `kms` accepting payloads (plaintexts, ciphertexts, secret values) of
-    /// at most `max_payload` bytes; larger ones get `RESOURCE_EXHAUSTED`.
-    pub fn new(kms: Arc<Kms>, max_payload: usize) -> Self {
-        Self { kms, max_payload }
+    /// A service over `kms` with `limits`.
+    pub fn new(kms: Arc<Kms>, limits: Limits) -> Self {
+        Self {
+            kms,
+            max_payload: limits.max_request_bytes,
+            streams: crate::streaming::StreamSlots::new(limits.max_concurrent_streams, limits.stream_idle_timeout),
+        }
     }
 
     fn check_batch(&self, items: usize, total: usize) -> Result<(), Status> {
@@ -180,14 +208,18 @@ impl KmsRpc for KmsService {
         &self,
         r: Request<tonic::Streaming<pb::EncryptStreamRequest>>,
     ) -> Result<Response<Self::EncryptStreamStream>, Status> {
-        crate::streaming::encrypt_stream(self.kms.clone(), r.into_inner(), self.max_payload).await.map(Response::new)
+        crate::streaming::encrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload)
+            .await
+            .map(Response::new)
     }
 
     async fn decrypt_stream(
         &self,
         r: Request<tonic::Streaming<pb::DecryptStreamRequest>>,
     ) -> Result<Response<Self::DecryptStreamStream>, Status> {
-        crate::streaming::decrypt_stream(self.kms.clone(), r.into_inner(), self.max_payload).await.map(Response::new)
+        crate::streaming::decrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload)
+            .await
+            .map(Response::new)
     }
 
     async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {

@@ -37,8 +37,11 @@ use crate::root_key::LocalRootKey;
 /// Provider id of data keys wrapped by the sidecar.
 pub const PROVIDER_ID: &str = "kms-sidecar";
 const DATA_KEY_LABEL: &[u8] = b"kms-sidecar/v1/data-key";
-/// Marker of a store access refused inside [`Kms::cache_only`].
+/// Message of the store error that a refused access inside [`Kms::cache_only`] produces on
+/// its way up; [`Kms::cache_only`] recognises the refusal by a flag, not by this text.
 const WOULD_BLOCK: &str = "cache-only: keystore access deferred";
+/// Most key records cached at once.
+const MAX_CACHED_RECORDS: usize = 65_536;
 /// Attempts of a read-modify-write under concurrent updates before giving up.
 const MAX_RETRIES: usize = 16;
 
@@ -83,7 +86,6 @@ impl From<StoreError> for KmsError {
             StoreError::AlreadyExists(what) => KmsError::AlreadyExists(format!("{what} already exists")),
             StoreError::Conflict(what) => KmsError::Aborted(format!("concurrent update of {what}")),
             StoreError::Corrupt(m) => KmsError::Internal(m),
-            StoreError::Backend(m) if m == WOULD_BLOCK => KmsError::WouldBlock,
             other => KmsError::Unavailable(other.to_string()),
         }
     }
@@ -103,7 +105,6 @@ impl From<ProviderError> for KmsError {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::Key(k) => k.into(),
-            ProviderError::Unavailable(m) if m == WOULD_BLOCK => KmsError::WouldBlock,
             ProviderError::Unavailable(m) => KmsError::Unavailable(m),
             ProviderError::UnwrapFailed | ProviderError::NoMatchingProvider(_) => KmsError::DecryptFailed,
             other => KmsError::Internal(other.to_string()),
@@ -165,6 +166,8 @@ impl Default for KmsOptions {
 thread_local! {
     /// Set while [`Kms::cache_only`] runs on this thread.
     static CACHE_ONLY: Cell<bool> = const { Cell::new(false) };
+    /// Set when a store access was refused during the current [`Kms::cache_only`] call.
+    static REFUSED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Unwrapped KEK versions, bounded, least recently used evicted first. Keyed by name
@@ -288,18 +291,29 @@ impl Kms {
     /// [`KmsError::WouldBlock`] before any side effect, so the caller can run it again on a
     /// thread that may block. Only for read-only operations (encrypt, decrypt, data keys).
     pub fn cache_only<T>(&self, f: impl FnOnce(&Self) -> Result<T, KmsError>) -> Result<T, KmsError> {
-        struct Reset(bool);
+        struct Reset(bool, bool);
         impl Drop for Reset {
             fn drop(&mut self) {
                 CACHE_ONLY.with(|c| c.set(self.0));
+                REFUSED.with(|c| c.set(self.1));
             }
         }
-        let _reset = Reset(CACHE_ONLY.with(|c| c.replace(true)));
-        f(self)
+        let _reset = Reset(CACHE_ONLY.with(|c| c.replace(true)), REFUSED.with(|c| c.replace(false)));
+        let result = f(self);
+        // Whatever error the refusal turned into on its way through crypto-core, the
+        // operation was cut short by it: report that, so the caller retries off-thread.
+        if REFUSED.with(Cell::get) {
+            return Err(KmsError::WouldBlock);
+        }
+        result
     }
 
     fn store_allowed() -> Result<(), StoreError> {
-        if CACHE_ONLY.with(Cell::get) { Err(StoreError::Backend(WOULD_BLOCK.into())) } else { Ok(()) }
+        if CACHE_ONLY.with(Cell::get) {
+            REFUSED.with(|c| c.set(true));
+            return Err(StoreError::Backend(WOULD_BLOCK.into()));
+        }
+        Ok(())
     }
 
     fn envelope(&self) -> Envelope<&Self> {
@@ -307,17 +321,22 @@ impl Kms {
     }
 
     /// The key record, from the cache while younger than the TTL, else from the store.
-    fn record(&self, name: &str) -> Result<Arc<KeyRecord>, StoreError> {
+    /// With `needs_version`, a cached record that does not know that version yet (rotated
+    /// through another sidecar) is read again instead of failing with "not found".
+    fn record(&self, name: &str, needs_version: Option<u32>) -> Result<Arc<KeyRecord>, StoreError> {
         if let Some((record, at)) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get(name)
             && at.elapsed() < self.options.key_cache_ttl
+            && needs_version.is_none_or(|v| v <= record.primary_version)
         {
             return Ok(record.clone());
         }
         Self::store_allowed()?;
+        // Taken before the read, so the entry never claims to be fresher than it is.
+        let read_at = Instant::now();
         let record = self.store.get_key(name);
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         match record {
-            Ok(record) => Ok(self.remember(&mut records, record)),
+            Ok(record) => Ok(self.remember(&mut records, record, read_at)),
             Err(e) => {
                 records.remove(name);
                 Err(e)
@@ -325,33 +344,47 @@ impl Kms {
         }
     }
 
-    /// Caches `record` (as read or as written just now) and drops cached KEKs of versions
-    /// it shows destroyed.
-    fn remember(&self, records: &mut HashMap<String, (Arc<KeyRecord>, Instant)>, record: KeyRecord) -> Arc<KeyRecord> {
+    /// Caches `record` (read or written at `at`) unless the cache already holds a newer
+    /// state of the key (a slow read must not undo a write made meanwhile), and drops
+    /// cached KEKs of versions it shows destroyed. Lock order: records, then keks.
+    fn remember(
+        &self,
+        records: &mut HashMap<String, (Arc<KeyRecord>, Instant)>,
+        record: KeyRecord,
+        at: Instant,
+    ) -> Arc<KeyRecord> {
+        self.forget_destroyed_keks(&record);
+        if let Some((cached, _)) = records.get(&record.name)
+            && cached.row_version > record.row_version
         {
-            let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
-            for v in record.versions.iter().filter(|v| v.wrapped_material.is_none()) {
-                keks.remove(&record.name, v.version);
-            }
+            return cached.clone();
         }
         let record = Arc::new(record);
         if self.options.key_cache_ttl.is_zero() {
             return record;
         }
-        // Bound the map: records are small, but names are caller-chosen.
-        if records.len() >= self.options.kek_cache_capacity.max(1024) {
+        // Bound the map: records are small, but names are caller-chosen. Expired entries go
+        // first; a map still full of live entries (more busy keys than the bound) restarts.
+        if records.len() >= MAX_CACHED_RECORDS {
             records.retain(|_, (_, at)| at.elapsed() < self.options.key_cache_ttl);
-            if records.len() >= self.options.kek_cache_capacity.max(1024) {
+            if records.len() >= MAX_CACHED_RECORDS {
                 records.clear();
             }
         }
-        records.insert(record.name.clone(), (record.clone(), Instant::now()));
+        records.insert(record.name.clone(), (record.clone(), at));
         record
+    }
+
+    fn forget_destroyed_keks(&self, record: &KeyRecord) {
+        let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
+        for v in record.versions.iter().filter(|v| v.wrapped_material.is_none()) {
+            keks.remove(&record.name, v.version);
+        }
     }
 
     fn remember_written(&self, record: KeyRecord) -> KeyRecord {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.remember(&mut records, record.clone());
+        let _ = self.remember(&mut records, record.clone(), Instant::now());
         record
     }
 
@@ -498,40 +531,65 @@ impl Kms {
         )
     }
 
-    /// Destroys every key whose deletion window has passed by `now` (Unix seconds): erases
-    /// the wrapped material of all its versions, then marks it destroyed. Crash-safe and
-    /// idempotent: a key left half-done (some versions erased, or marked destroyed with
-    /// material left) is finished on the next call. Returns the names destroyed.
+    /// Destroys every key whose deletion window has passed by `now` (Unix seconds).
+    ///
+    /// First the key is marked DESTROYED, through the same compare-and-swap as every other
+    /// change, and only if it is still pending deletion and due: a cancellation committed
+    /// by another sidecar in the meantime wins and nothing is erased. Then the wrapped
+    /// material of every version is erased. A crash in between leaves a destroyed key
+    /// with material, which the next run finishes. A failure on one key is logged and the
+    /// others proceed. Every run also drops cached KEKs of versions the store shows
+    /// destroyed (by any sidecar), so shredded material does not linger in memory longer
+    /// than one interval. Returns the names destroyed.
     pub fn purge_due_deletions(&self, now: i64) -> Result<Vec<String>, KmsError> {
         let mut destroyed = Vec::new();
         for key in self.store.list_keys()? {
+            self.forget_destroyed_keks(&key);
+            let has_material = key.versions.iter().any(|v| v.wrapped_material.is_some());
             let due = match key.state {
                 KeyState::PendingDeletion { delete_after } => delete_after as i64 <= now,
-                KeyState::Destroyed => key.versions.iter().any(|v| v.wrapped_material.is_some()),
+                KeyState::Destroyed => has_material,
                 _ => false,
             };
             if !due {
                 continue;
             }
-            for v in key.versions.iter().filter(|v| v.wrapped_material.is_some()) {
-                self.remember_written(self.store.destroy_version(&key.name, v.version, now)?);
-            }
-            // Every version is erased: the key can only be destroyed now, whatever state
-            // another sidecar moved it to in the meantime.
-            let already = std::sync::atomic::AtomicBool::new(false);
-            self.modify(&key.name, |r| {
-                if r.state == KeyState::Destroyed {
-                    already.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Err(KmsError::FailedPrecondition(String::new()));
+            match self.destroy_key(&key.name, now) {
+                Ok(true) => {
+                    tracing::info!(key = %key.name, versions = key.versions.len(), "key destroyed after its deletion window");
+                    destroyed.push(key.name);
                 }
-                Ok(Change::Update(KeyUpdate { state: KeyState::Destroyed, min_decrypt_version: r.min_decrypt_version }))
-            })
-            .map(|_| ())
-            .or_else(|e| if already.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(e) })?;
-            tracing::info!(key = %key.name, versions = key.versions.len(), "key destroyed after its deletion window");
-            destroyed.push(key.name);
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key.name, error = %e, "destroying key failed; retrying at the next run")
+                }
+            }
         }
         Ok(destroyed)
+    }
+
+    /// Marks `name` destroyed if it is pending deletion and due (or already destroyed), then
+    /// erases all its material. `Ok(false)`: no longer due (deletion cancelled meanwhile).
+    fn destroy_key(&self, name: &str, now: i64) -> Result<bool, KmsError> {
+        let marked = self.modify(name, |r| match r.state {
+            KeyState::PendingDeletion { delete_after } if delete_after as i64 <= now => {
+                Ok(Change::Update(KeyUpdate { state: KeyState::Destroyed, min_decrypt_version: r.min_decrypt_version }))
+            }
+            // Finishing an earlier run: rewrite the same state (bumps nothing else).
+            KeyState::Destroyed => {
+                Ok(Change::Update(KeyUpdate { state: r.state, min_decrypt_version: r.min_decrypt_version }))
+            }
+            _ => Err(KmsError::FailedPrecondition(format!("key {name:?} is no longer due for deletion"))),
+        });
+        let record = match marked {
+            Ok(r) => r,
+            Err(KmsError::FailedPrecondition(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for v in record.versions.iter().filter(|v| v.wrapped_material.is_some()) {
+            self.remember_written(self.store.destroy_version(name, v.version, now)?);
+        }
+        Ok(true)
     }
 
     /// Sets the minimum decryption version.
@@ -664,7 +722,6 @@ enum Change {
 fn store_err(e: StoreError) -> ProviderError {
     match e {
         StoreError::NotFound(what) => ProviderError::Key(KeyError::NotFound { name: what }),
-        StoreError::Backend(m) if m == WOULD_BLOCK => ProviderError::Unavailable(m),
         other => ProviderError::Unavailable(other.to_string()),
     }
 }
@@ -679,7 +736,7 @@ fn kms_to_provider(e: KmsError) -> ProviderError {
 
 impl KeyProvider for Kms {
     fn wrap(&self, key_name: &str, data_key: &DataKey) -> Result<Vec<WrappedKey>, ProviderError> {
-        let record = self.record(key_name).map_err(|e| match e {
+        let record = self.record(key_name, None).map_err(|e| match e {
             StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: key_name.into() }),
             other => store_err(other),
         })?;
@@ -707,7 +764,7 @@ impl KeyProvider for Kms {
             .iter()
             .find(|w| w.provider_id == PROVIDER_ID)
             .ok_or_else(|| ProviderError::NoMatchingProvider(PROVIDER_ID.into()))?;
-        let record = self.record(&w.key_name).map_err(|e| match e {
+        let record = self.record(&w.key_name, Some(w.key_version)).map_err(|e| match e {
             StoreError::NotFound(_) => ProviderError::Key(KeyError::NotFound { name: w.key_name.clone() }),
             other => store_err(other),
         })?;

@@ -42,7 +42,13 @@ enum Command {
 fn init_logs(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
         .map_err(|e| format!("log_level {:?}: {e}", settings.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: never escape codes in a log file or a collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     match settings.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
@@ -55,6 +61,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let Command::Serve(args) = cli.command;
     let settings = args.resolve()?;
     init_logs(&settings)?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
     {
@@ -89,11 +98,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             tracing::info!("shutting down: finishing in-flight requests");
         };
-        let max = settings.max_request_bytes;
+        let limits = settings.limits;
         let result = match &settings.listen {
             Listen::Unix(socket) => {
                 tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
-                serve_unix(served, socket, settings.socket_mode, max, shutdown).await
+                serve_unix(served, socket, settings.socket_mode, limits, shutdown).await
             }
             Listen::Tcp(addr, tls) => {
                 tracing::info!(
@@ -102,7 +111,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     client_certificates = tls.client_ca.is_some(),
                     "serving kms.v1 with TLS"
                 );
-                serve_tcp_tls(served, *addr, tls, max, shutdown).await
+                serve_tcp_tls(served, *addr, tls, limits, shutdown).await
             }
         };
         purge.abort();

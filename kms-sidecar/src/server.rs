@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::grpc::{KmsService, pb};
+use crate::grpc::{KmsService, Limits, pb};
 use crate::kms::Kms;
 
 pub use crate::config::DEFAULT_MAX_REQUEST_BYTES;
@@ -48,8 +48,9 @@ pub struct TlsFiles {
 async fn router(
     mut builder: tonic::transport::Server,
     kms: Arc<Kms>,
-    max_request_bytes: usize,
+    limits: Limits,
 ) -> Result<tonic::transport::server::Router, ServeError> {
+    let max_request_bytes = limits.max_request_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::kms_server::KmsServer<KmsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -60,7 +61,7 @@ async fn router(
     // The service enforces `max_request_bytes` on payloads (RESOURCE_EXHAUSTED); the
     // transport's own cap, 1 MiB above it, bounds memory for anything larger (tonic
     // answers OUT_OF_RANGE there).
-    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, max_request_bytes))
+    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, limits))
         .max_decoding_message_size(max_request_bytes + (1 << 20))
         .max_encoding_message_size(max_request_bytes + (1 << 20));
     Ok(builder.add_service(health_service).add_service(reflection).add_service(service))
@@ -76,7 +77,7 @@ pub async fn serve_tcp_tls(
     kms: Arc<Kms>,
     addr: std::net::SocketAddr,
     tls: &TlsFiles,
-    max_request_bytes: usize,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let identity = tonic::transport::Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
@@ -85,7 +86,7 @@ pub async fn serve_tcp_tls(
         config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca)?));
     }
     let builder = tonic::transport::Server::builder().tls_config(config)?;
-    Ok(router(builder, kms, max_request_bytes).await?.serve_with_shutdown(addr, shutdown).await?)
+    Ok(router(builder, kms, limits).await?.serve_with_shutdown(addr, shutdown).await?)
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the
@@ -95,7 +96,7 @@ pub async fn serve_unix(
     kms: Arc<Kms>,
     path: &Path,
     mode: u32,
-    max_request_bytes: usize,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -110,7 +111,7 @@ pub async fn serve_unix(
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
 
-    let result = router(tonic::transport::Server::builder(), kms, max_request_bytes)
+    let result = router(tonic::transport::Server::builder(), kms, limits)
         .await?
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -6,16 +6,23 @@
 //! output through a bounded channel as a [`std::io::Write`], so at most one request chunk,
 //! one segment being sealed or opened and [`OUTBOUND_DEPTH`] output messages are held at
 //! a time, and a slow client slows the call down instead of growing buffers.
+//!
+//! Calls are bounded: at most [`crate::grpc::Limits::max_concurrent_streams`] at once (more
+//! get `RESOURCE_EXHAUSTED`), and a client that sends nothing, or reads nothing, for
+//! [`crate::grpc::Limits::stream_idle_timeout`] gets `DEADLINE_EXCEEDED`, so idle clients
+//! cannot hold threads or delay shutdown forever. Plaintext held in buffers is zeroized.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crypto_core::envelope::{EncryptingWriter, EnvelopeError};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use zeroize::Zeroize;
 
 use crate::grpc::{pb, status};
 use crate::kms::{Kms, KmsError};
@@ -24,6 +31,30 @@ use crate::kms::{Kms, KmsError};
 pub(crate) const OUTBOUND_DEPTH: usize = 4;
 /// Bytes gathered into one output message (one default segment plus its tag fits).
 const OUTPUT_CHUNK: usize = 64 * 1024 + 16;
+
+/// The concurrent-stream budget and idle timeout shared by all calls of one service.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSlots {
+    slots: Arc<Semaphore>,
+    max: usize,
+    idle: Duration,
+}
+
+impl StreamSlots {
+    pub(crate) fn new(max: usize, idle: Duration) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max)), max, idle }
+    }
+
+    fn acquire(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{} streams in progress (the limit); retry later", self.max))
+        })
+    }
+}
+
+fn idle_status(idle: Duration) -> Status {
+    Status::deadline_exceeded(format!("stream idle for {} ms", idle.as_millis()))
+}
 
 /// A gRPC status carried through `io::Error` so it survives the streaming types.
 #[derive(Debug)]
@@ -65,6 +96,7 @@ fn io_status(e: io::Error) -> Status {
 struct Inbound<M, F> {
     stream: Streaming<M>,
     handle: Handle,
+    idle: Duration,
     current: Vec<u8>,
     pos: usize,
     chunk_of: F,
@@ -73,13 +105,16 @@ struct Inbound<M, F> {
 impl<M, F: FnMut(M) -> Result<Vec<u8>, Status>> Read for Inbound<M, F> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.current.len() {
-            match self.handle.block_on(self.stream.message()) {
-                Ok(Some(m)) => {
+            let next = self.handle.block_on(tokio::time::timeout(self.idle, self.stream.message()));
+            match next {
+                Ok(Ok(Some(m))) => {
+                    self.current.zeroize();
                     self.current = (self.chunk_of)(m).map_err(abort)?;
                     self.pos = 0;
                 }
-                Ok(None) => return Ok(0),
-                Err(s) => return Err(abort(s)),
+                Ok(Ok(None)) => return Ok(0),
+                Ok(Err(s)) => return Err(abort(s)),
+                Err(_) => return Err(abort(idle_status(self.idle))),
             }
         }
         let n = out.len().min(self.current.len() - self.pos);
@@ -89,9 +124,24 @@ impl<M, F: FnMut(M) -> Result<Vec<u8>, Status>> Read for Inbound<M, F> {
     }
 }
 
+impl<M, F> Drop for Inbound<M, F> {
+    fn drop(&mut self) {
+        // EncryptStream input is plaintext.
+        self.current.zeroize();
+    }
+}
+
+/// Sends `item` on a call's response channel, waiting at most `idle` for the client to
+/// make room. `false`: the client went away or stopped reading.
+fn send<T>(handle: &Handle, tx: &mpsc::Sender<Result<T, Status>>, item: Result<T, Status>, idle: Duration) -> bool {
+    matches!(handle.block_on(tokio::time::timeout(idle, tx.send(item))), Ok(Ok(())))
+}
+
 /// Output bytes gathered into messages of about [`OUTPUT_CHUNK`] bytes.
 struct Outbound<T, F> {
     tx: mpsc::Sender<Result<T, Status>>,
+    handle: Handle,
+    idle: Duration,
     buf: Vec<u8>,
     make: F,
 }
@@ -102,9 +152,11 @@ impl<T, F: FnMut(Vec<u8>) -> T> Outbound<T, F> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(OUTPUT_CHUNK));
-        self.tx
-            .blocking_send(Ok((self.make)(chunk)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        if send(&self.handle, &self.tx, Ok((self.make)(chunk)), self.idle) {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, "client went away or stopped reading"))
+        }
     }
 }
 
@@ -126,7 +178,23 @@ impl<T, F: FnMut(Vec<u8>) -> T> Write for Outbound<T, F> {
 impl<T, F> Drop for Outbound<T, F> {
     fn drop(&mut self) {
         // May hold plaintext (DecryptStream) that was never sent.
-        zeroize::Zeroize::zeroize(&mut self.buf);
+        self.buf.zeroize();
+    }
+}
+
+/// `io::copy` with a heap buffer that is zeroized afterwards (it carries plaintext).
+fn copy(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<u64> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -145,26 +213,51 @@ fn size_check(max: usize) -> impl Fn(usize) -> Result<(), Status> {
     }
 }
 
+/// What every streaming call starts with: a slot, the first message (within the idle
+/// timeout), the output channel and the runtime handle for the worker thread.
+struct CallStart<M, T> {
+    permit: OwnedSemaphorePermit,
+    idle: Duration,
+    first: M,
+    inbound: Streaming<M>,
+    tx: mpsc::Sender<Result<T, Status>>,
+    rx: mpsc::Receiver<Result<T, Status>>,
+    handle: Handle,
+}
+
+async fn start<M, T>(
+    slots: &StreamSlots,
+    mut inbound: Streaming<M>,
+    empty: &'static str,
+) -> Result<CallStart<M, T>, Status> {
+    let permit = slots.acquire()?;
+    let idle = slots.idle;
+    let first = tokio::time::timeout(idle, inbound.message())
+        .await
+        .map_err(|_| idle_status(idle))??
+        .ok_or_else(|| Status::invalid_argument(empty))?;
+    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+    Ok(CallStart { permit, idle, first, inbound, tx, rx, handle: Handle::current() })
+}
+
 /// Serves one EncryptStream call.
 pub(crate) async fn encrypt_stream(
     kms: Arc<Kms>,
-    mut inbound: Streaming<pb::EncryptStreamRequest>,
+    slots: &StreamSlots,
+    inbound: Streaming<pb::EncryptStreamRequest>,
     max_chunk: usize,
 ) -> Result<ReceiverStream<Result<pb::EncryptStreamResponse, Status>>, Status> {
+    let call = start(slots, inbound, "EncryptStream: the first message must name the key").await?;
+    let CallStart { permit, idle, first, inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
-    let first = inbound
-        .message()
-        .await?
-        .ok_or_else(|| Status::invalid_argument("EncryptStream: the first message must name the key"))?;
     check(first.chunk.len())?;
     let ctx = context(first.context);
     let key_name = first.key_name;
-    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
-    let handle = Handle::current();
     // The sealer may need the store (key record, KEK): prepared on the blocking thread too,
     // but before the call is answered, so a bad key fails the call with its own code.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let sealer = match kms.stream_sealer(&key_name, &ctx) {
             Ok(s) => s,
             Err(e) => {
@@ -177,6 +270,8 @@ pub(crate) async fn encrypt_stream(
         let mut first_out = true;
         let out = Outbound {
             tx: tx.clone(),
+            handle: handle.clone(),
+            idle,
             buf: Vec::with_capacity(OUTPUT_CHUNK),
             make: move |chunk| {
                 let v = if std::mem::take(&mut first_out) { key_version } else { 0 };
@@ -185,7 +280,8 @@ pub(crate) async fn encrypt_stream(
         };
         let mut input = Inbound {
             stream: inbound,
-            handle,
+            handle: handle.clone(),
+            idle,
             current: first.chunk,
             pos: 0,
             chunk_of: move |m: pb::EncryptStreamRequest| {
@@ -199,11 +295,11 @@ pub(crate) async fn encrypt_stream(
             },
         };
         let result = EncryptingWriter::new(out, sealer).map_err(|e| status(KmsError::from(e))).and_then(|mut w| {
-            io::copy(&mut input, &mut w).map_err(io_status)?;
+            copy(&mut input, &mut w).map_err(io_status)?;
             w.finish().map_err(io_status)?.flush().map_err(io_status)
         });
         if let Err(s) = result {
-            let _ = tx.blocking_send(Err(s));
+            send(&handle, &tx, Err(s), idle);
         }
     });
     ready_rx.await.map_err(|_| Status::internal("EncryptStream worker failed"))??;
@@ -213,20 +309,21 @@ pub(crate) async fn encrypt_stream(
 /// Serves one DecryptStream call.
 pub(crate) async fn decrypt_stream(
     kms: Arc<Kms>,
-    mut inbound: Streaming<pb::DecryptStreamRequest>,
+    slots: &StreamSlots,
+    inbound: Streaming<pb::DecryptStreamRequest>,
     max_chunk: usize,
 ) -> Result<ReceiverStream<Result<pb::DecryptStreamResponse, Status>>, Status> {
+    let call = start(slots, inbound, "DecryptStream: no ciphertext sent").await?;
+    let CallStart { permit, idle, first, inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
-    let first =
-        inbound.message().await?.ok_or_else(|| Status::invalid_argument("DecryptStream: no ciphertext sent"))?;
     check(first.chunk.len())?;
     let ctx = context(first.context);
-    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
-    let handle = Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let input = Inbound {
             stream: inbound,
-            handle,
+            handle: handle.clone(),
+            idle,
             current: first.chunk,
             pos: 0,
             chunk_of: move |m: pb::DecryptStreamRequest| {
@@ -239,16 +336,18 @@ pub(crate) async fn decrypt_stream(
         };
         let mut out = Outbound {
             tx: tx.clone(),
+            handle: handle.clone(),
+            idle,
             buf: Vec::with_capacity(OUTPUT_CHUNK),
             make: |chunk| pb::DecryptStreamResponse { chunk },
         };
         let result = match kms.decrypting_reader(input, &ctx) {
             Err(EnvelopeError::Io(e)) => Err(io_status(e)),
             Err(e) => Err(status(KmsError::from(e))),
-            Ok(mut reader) => io::copy(&mut reader, &mut out).and_then(|_| out.flush()).map_err(io_status),
+            Ok(mut reader) => copy(&mut reader, &mut out).and_then(|_| out.flush()).map_err(io_status),
         };
         if let Err(s) = result {
-            let _ = tx.blocking_send(Err(s));
+            send(&handle, &tx, Err(s), idle);
         }
     });
     Ok(ReceiverStream::new(rx))

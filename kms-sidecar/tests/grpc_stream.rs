@@ -240,3 +240,58 @@ fn garbage_protobuf_gets_a_status_and_the_server_keeps_serving() {
     });
     sidecar.stop();
 }
+
+#[test]
+fn streams_are_bounded_in_number_and_idle_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar =
+        Sidecar::start(&dir.path().join("data"), &["--max-concurrent-streams", "2", "--stream-idle-timeout", "700ms"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut kms = KmsClient::new(connect_unix(sidecar.socket.clone()).await.unwrap());
+        kms.create_key(pb::CreateKeyRequest { name: "t/limits".into() }).await.unwrap();
+
+        // Two clients open a stream, send the first message and then go quiet (their
+        // request streams stay open).
+        let mut idle_senders = Vec::new();
+        let mut idle_calls = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::EncryptStreamRequest>(1);
+            tx.send(pb::EncryptStreamRequest { key_name: "t/limits".into(), ..Default::default() }).await.unwrap();
+            let call = kms.encrypt_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+            idle_senders.push(tx);
+            idle_calls.push(call.into_inner());
+        }
+        // A third is refused while both slots are taken.
+        let e = encrypt_stream(&mut kms, "t/limits", ctx("a"), b"x", 1).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        // Unary RPCs are not affected.
+        kms.encrypt(pb::EncryptRequest { key_name: "t/limits".into(), plaintext: b"x".to_vec(), context: ctx("a") })
+            .await
+            .unwrap();
+
+        // The idle calls end with DEADLINE_EXCEEDED after the idle timeout...
+        let started = std::time::Instant::now();
+        for mut call in idle_calls {
+            let end = loop {
+                // Bounded: a broken idle timeout fails the test instead of hanging it.
+                let next = tokio::time::timeout(std::time::Duration::from_secs(10), call.message()).await;
+                match next.expect("idle stream still open after 10 s") {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("an idle stream must not end OK"),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // ...which frees their slots.
+        let (ct, _) = encrypt_stream(&mut kms, "t/limits", ctx("a"), b"after", 2).await.unwrap();
+        let (pt, end) = decrypt_stream(&mut kms, ctx("a"), &ct, 3).await;
+        end.unwrap();
+        assert_eq!(pt, b"after");
+        drop(idle_senders);
+    });
+    // Shutdown is not held up by streams (none left running).
+    sidecar.stop();
+}

@@ -244,3 +244,22 @@ fn changes_by_another_sidecar_are_honoured_within_the_ttl_postgres() {
     let b = Kms::with_options(Arc::new(PostgresStore::connect(&pg.config).unwrap()), root(false), options);
     changes_propagate_within_the_ttl(a, b, ttl);
 }
+
+#[test]
+fn a_version_rotated_in_by_another_sidecar_decrypts_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = KmsOptions { key_cache_ttl: std::time::Duration::from_secs(3600), ..KmsOptions::default() };
+    let (a, b) = (open_with(dir.path(), long), open_with(dir.path(), long));
+    let c = ctx(&[]);
+    a.create_key("t/k").unwrap();
+    let (v1, _) = a.encrypt("t/k", b"one", &c).unwrap();
+    assert_eq!(b.decrypt(&v1, &c).unwrap().0.expose_secret(), b"one"); // b caches the v1-only record
+    a.rotate_key("t/k").unwrap();
+    let (v2, version) = a.encrypt("t/k", b"two", &c).unwrap();
+    assert_eq!(version, 2);
+    // b has not seen the rotation (its record is fresh for an hour) but re-reads the key
+    // when a ciphertext names a version it does not know yet, also from cache-only mode.
+    assert!(matches!(b.cache_only(|k| k.decrypt(&v2, &c)), Err(KmsError::WouldBlock)));
+    assert_eq!(b.decrypt(&v2, &c).unwrap().0.expose_secret(), b"two");
+    assert_eq!(b.cache_only(|k| k.decrypt(&v2, &c)).unwrap().0.expose_secret(), b"two");
+}

@@ -296,24 +296,24 @@ fn run(cli: Cli) -> Result<()> {
     let kms_sock = dir.path().join("kms/kms.sock");
     let echo_sock = dir.path().join("echo.sock");
     let log = std::fs::File::create(dir.path().join("sidecar.log"))?;
-    let mut kms_child = Command::new(&sidecar)
+    let kms_child = Command::new(&sidecar)
         .args(["serve", "--data-dir"])
         .arg(dir.path().join("kms"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    wait_for_socket(&kms_sock, &mut kms_child)?;
     let kms_pid = kms_child.id();
-    let _kms = Proc(kms_child);
-    let mut echo_child = Command::new(std::env::current_exe()?)
+    let mut kms = Proc(kms_child);
+    wait_for_socket(&kms_sock, &mut kms.0)?;
+    let echo_child = Command::new(std::env::current_exe()?)
         .args(["echo-server", "--socket"])
         .arg(&echo_sock)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    wait_for_socket(&echo_sock, &mut echo_child)?;
     let echo_pid = echo_child.id();
-    let _echo = Proc(echo_child);
+    let mut echo = Proc(echo_child);
+    wait_for_socket(&echo_sock, &mut echo.0)?;
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(cli.client_threads).enable_all().build()?;

@@ -196,8 +196,6 @@ fn print_key(json_out: bool, k: &pb::KeyMetadata) {
     }
 }
 
-/// Writes through `f` into a 0600 temporary file beside `out`, renamed over `out` only on
-/// success; removed on failure.
 /// Opens `path` for reading, counted by a progress bar on standard error when that is a
 /// terminal (and output is not JSON); a hidden bar otherwise.
 fn open_with_progress(
@@ -223,6 +221,8 @@ fn open_with_progress(
     Ok((bar.wrap_read(file), bar))
 }
 
+/// Writes through `f` into a 0600 temporary file beside `out`, renamed over `out` only on
+/// success; removed on failure.
 fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
