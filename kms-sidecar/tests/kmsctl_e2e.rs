@@ -1,5 +1,6 @@
 //! `kmsctl` against a started sidecar: keys, streaming file encryption with sidecar data
-//! keys, rotation, rewrap, failures that leave no output file, secrets, exit codes.
+//! keys, rotation, a restart, rewrap, failures that leave no output file, secrets, exit
+//! codes. The same walkthrough runs on the embedded SQLite keystore and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -38,9 +39,19 @@ fn no_partial_files(dir: &Path) {
 }
 
 #[test]
-fn kmsctl_walkthrough() {
+fn kmsctl_walkthrough_sqlite() {
+    walkthrough(&[]);
+}
+
+#[test]
+fn kmsctl_walkthrough_postgres() {
+    let Some(pg) = common::PgSchema::new() else { return };
+    walkthrough(&["--postgres", &pg.config]);
+}
+
+fn walkthrough(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&dir.path().join("data"), &[]);
+    let mut sidecar = Sidecar::start(&dir.path().join("data"), extra);
     let s = sidecar.socket.clone();
     let files = dir.path().join("files");
     std::fs::create_dir(&files).unwrap();
@@ -83,9 +94,15 @@ fn kmsctl_walkthrough() {
     assert!(!files.join("bad2.bin").exists());
     no_partial_files(&files);
 
-    // Rotate: old file still decrypts; rewrap moves it to v2 with the same body.
+    // Rotate, restart the sidecar: the old file still decrypts; rewrap moves it to v2 with
+    // the same body.
     let rotated = ok(&s, &["key", "rotate", "tenant-a/files"]);
     assert!(rotated.contains("primary=v2"), "{rotated}");
+    sidecar.stop();
+    sidecar = Sidecar::start(&dir.path().join("data"), extra);
+    assert!(ok(&s, &["key", "describe", "tenant-a/files"]).contains("primary=v2"));
+    ok(&s, &["decrypt", "--context", "tenant=a", "--in", &f("v1.cce"), "--out", &f("out1b.bin")]);
+    assert_eq!(std::fs::read(f("out1b.bin")).unwrap(), data);
     ok(&s, &["rewrap", "--in", &f("v1.cce"), "--out", &f("v2.cce")]);
     let v1 = std::fs::read(f("v1.cce")).unwrap();
     let v2 = std::fs::read(f("v2.cce")).unwrap();
