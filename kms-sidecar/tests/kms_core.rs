@@ -13,9 +13,7 @@ use kms_sidecar::root_key::LocalRootKey;
 mod common;
 
 fn open(dir: &std::path::Path) -> Kms {
-    let store = Arc::new(SqliteStore::open(dir.join("keystore.db")).unwrap());
-    let root = LocalRootKey::load_or_create(dir.join("root.key"), true).unwrap();
-    Kms::new(store, root)
+    open_with(dir, KmsOptions::default())
 }
 
 fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
