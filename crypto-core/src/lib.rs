@@ -14,6 +14,7 @@
 //!   sidecar's root key).
 //! * [`provider`]: [`provider::KeyProvider`] with the local and multi providers.
 //! * [`cache`]: a bounded data-key cache with refresh-ahead.
+//! * [`pki`]: an internal certificate authority (issue, sign CSRs, revoke, CRLs, verify).
 //! * [`bulk`]: all-core sealing and opening, byte-identical to the sequential path.
 //! * [`secret`]: the types that hold key bytes (zeroized, redacted, constant-time eq).
 //! * [`clock`]: injectable time.
@@ -41,6 +42,7 @@ pub mod hazmat;
 mod kdf;
 pub mod keys;
 pub mod keywrap;
+pub mod pki;
 pub mod provider;
 mod rand;
 pub mod secret;
