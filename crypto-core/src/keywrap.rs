@@ -6,6 +6,9 @@
 //! the 2^32 random-nonce limit. `label` separates uses (the local provider, the sidecar's
 //! root key); `aad` binds the wrapped key's identity (name, version), so a blob moved to
 //! another identity fails to unwrap. Specified in `docs/format.md` ("Local provider").
+//!
+//! [`wrap_secret`]/[`unwrap_secret`] apply the same construction to a secret of any length
+//! (a CA's PKCS#8 private key): `0x02 ‖ salt(16) ‖ ciphertext(len) ‖ tag(16)`.
 
 use zeroize::Zeroizing;
 
@@ -60,8 +63,59 @@ pub fn unwrap(
     Some(out)
 }
 
+const BLOB_SECRET_V1: u8 = 0x02;
+
+/// Seals a secret of any length under `wrapping_key` (blob `0x02 ‖ salt ‖ ct ‖ tag`).
+pub fn wrap_secret(backend: Backend, wrapping_key: &[u8; KEY_LEN], label: &[u8], aad: &[u8], secret: &[u8]) -> Vec<u8> {
+    let salt: [u8; SALT_LEN] = crate::rand::salt();
+    let (aead, nonce) = cipher(backend, wrapping_key, label, &salt);
+    let mut blob = vec![0u8; 1 + SALT_LEN + secret.len() + TAG_LEN];
+    blob[0] = BLOB_SECRET_V1;
+    blob[1..1 + SALT_LEN].copy_from_slice(&salt);
+    // The output slice is exactly plaintext + tag long: sealing cannot fail.
+    let sealed = aead.seal_to(&nonce, aad, secret, &mut blob[1 + SALT_LEN..]);
+    debug_assert!(sealed.is_ok());
+    blob
+}
+
+/// Opens a blob from [`wrap_secret`]; `None` if it does not authenticate (wrong key,
+/// label or aad, or tampered).
+pub fn unwrap_secret(
+    backend: Backend,
+    wrapping_key: &[u8; KEY_LEN],
+    label: &[u8],
+    aad: &[u8],
+    blob: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    if blob.len() < 1 + SALT_LEN + TAG_LEN || blob[0] != BLOB_SECRET_V1 {
+        return None;
+    }
+    let (aead, nonce) = cipher(backend, wrapping_key, label, &blob[1..1 + SALT_LEN]);
+    let mut out = Zeroizing::new(vec![0u8; blob.len() - 1 - SALT_LEN - TAG_LEN]);
+    aead.open_to(&nonce, aad, &blob[1 + SALT_LEN..], &mut out[..]).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_of_any_length_round_trip_and_bind() {
+        use super::*;
+        for len in [0usize, 1, 121, 1218] {
+            let secret: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let blob = wrap_secret(Backend::AwsLc, &[7u8; 32], b"l", b"a", &secret);
+            assert_eq!(blob.len(), 33 + len);
+            assert_eq!(&unwrap_secret(Backend::AwsLc, &[7u8; 32], b"l", b"a", &blob).unwrap()[..], &secret[..]);
+            assert!(unwrap_secret(Backend::AwsLc, &[8u8; 32], b"l", b"a", &blob).is_none());
+            assert!(unwrap_secret(Backend::AwsLc, &[7u8; 32], b"l", b"b", &blob).is_none());
+            let mut bad = blob.clone();
+            let n = bad.len();
+            bad[n - 1] ^= 1;
+            assert!(unwrap_secret(Backend::AwsLc, &[7u8; 32], b"l", b"a", &bad).is_none());
+        }
+        assert!(unwrap_secret(Backend::AwsLc, &[7u8; 32], b"l", b"a", &[2u8; 5]).is_none());
+    }
+
     use super::*;
 
     #[test]

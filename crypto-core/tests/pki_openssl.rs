@@ -468,3 +468,49 @@ fn garbage_and_mismatched_inputs_get_typed_errors() {
     assert!(matches!(h.ca.issue(&r, now), Err(PkiError::InvalidValidity(_))));
     assert!(matches!(PrivateKey::from_pkcs8_pem("not a key"), Err(PkiError::Malformed(_))));
 }
+
+#[test]
+fn an_offline_root_exports_wrapped_and_imports_to_sign_again() {
+    let now = SystemTime::now();
+    let h = hierarchy(KeyType::EcdsaP256, now);
+    let kek = crypto_core::secret::KeyMaterial::generate();
+    for ca in [&h.root, &h.ca] {
+        let blob = ca.export_wrapped(&kek);
+        let back = CertificateAuthority::import_wrapped(&blob, &kek).unwrap();
+        assert_eq!(back.certificate_der(), ca.certificate_der());
+        assert_eq!(back.bundle_pem(), ca.bundle_pem());
+        // The private scalar is not in the blob in the clear (ECPrivateKey: version 1, then
+        // OCTET STRING of 32 bytes).
+        let key = ca.private_key().to_pkcs8_der();
+        let der = key.expose_secret();
+        let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).unwrap() + 5;
+        let scalar = &der[at..at + 32];
+        assert!(!blob.windows(32).any(|w| w == scalar));
+        // Wrong key, any flipped byte, truncation: refused.
+        assert!(CertificateAuthority::import_wrapped(&blob, &crypto_core::secret::KeyMaterial::generate()).is_err());
+        for i in [0, 10, blob.len() / 2, blob.len() - 1] {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x01;
+            assert!(CertificateAuthority::import_wrapped(&bad, &kek).is_err(), "flip at {i}");
+        }
+        assert!(CertificateAuthority::import_wrapped(&blob[..blob.len() - 1], &kek).is_err());
+    }
+    // The re-imported root signs a new intermediate that verifies to the same root.
+    let root = CertificateAuthority::import_wrapped(&h.root.export_wrapped(&kek), &kek).unwrap();
+    let ca2 = root
+        .new_intermediate(
+            &CaOptions { key_type: KeyType::EcdsaP256, ttl: 30 * DAY, ..CaOptions::new("Second CA") },
+            now,
+        )
+        .unwrap();
+    let leaf = ca2.issue(&leaf_request(KeyType::Ed25519, &["dns:x.tenant-a.svc"], Usage::Server), now).unwrap();
+    verify_chain(
+        leaf.chain_pem.as_bytes(),
+        &[ca2.bundle_pem().into_bytes()],
+        &[h.root.certificate_der().to_vec()],
+        &[],
+        None,
+        now,
+    )
+    .unwrap();
+}

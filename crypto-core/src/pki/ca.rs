@@ -17,6 +17,10 @@ use super::keys::{PrivateKey, pem_encode, rsa_public_bits};
 use super::names::{RevocationReason, SanPolicy, Serial, SubjectAltName};
 use super::{KeyType, PkiError, decode_pem_or_der, system_time};
 
+/// First bytes of an exported CA.
+const EXPORT_MAGIC: [u8; 8] = *b"CCCAEXP1";
+/// Key-wrap label of exported CA keys.
+const EXPORT_LABEL: &[u8] = b"crypto-core/v1/pki-ca-export";
 /// Certificates are back-dated by this much to tolerate clock skew between machines.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// Longest lifetime of a leaf certificate.
@@ -260,6 +264,63 @@ impl CertificateAuthority {
     /// The CA's expiry.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The whole CA (certificate, chain above it, private key) as one blob whose key part
+    /// is sealed under `wrapping_key` (AES-256-GCM with a per-export derived key; the
+    /// certificates are authenticated with it). For keeping a root offline: export it,
+    /// store the blob and the wrapping key apart, delete the live copy, and
+    /// [`CertificateAuthority::import_wrapped`] it for the rare intermediate signing.
+    pub fn export_wrapped(&self, wrapping_key: &crate::secret::KeyMaterial) -> Vec<u8> {
+        let mut out = EXPORT_MAGIC.to_vec();
+        for der in std::iter::once(&self.cert_der).chain(&self.parents_der) {
+            out.extend_from_slice(&(der.len() as u32).to_be_bytes());
+            out.extend_from_slice(der);
+        }
+        out.extend_from_slice(&0u32.to_be_bytes());
+        let key = self.key.to_pkcs8_der();
+        let sealed = crate::keywrap::wrap_secret(
+            crate::Backend::AwsLc,
+            wrapping_key.expose_secret(),
+            EXPORT_LABEL,
+            &out,
+            key.expose_secret(),
+        );
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Reads a blob from [`CertificateAuthority::export_wrapped`]. A wrong key or any
+    /// change to the blob is refused with [`PkiError::Malformed`] (deliberately coarse).
+    pub fn import_wrapped(blob: &[u8], wrapping_key: &crate::secret::KeyMaterial) -> Result<Self, PkiError> {
+        let bad = || PkiError::Malformed("CA export: not a valid blob for this key".into());
+        let mut rest = blob.strip_prefix(EXPORT_MAGIC.as_slice()).ok_or_else(bad)?;
+        let mut certs = Vec::new();
+        loop {
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+            let len = u32::from_be_bytes(*len) as usize;
+            rest = tail;
+            if len == 0 {
+                break;
+            }
+            if len > rest.len() || certs.len() >= 16 {
+                return Err(bad());
+            }
+            certs.push(rest[..len].to_vec());
+            rest = &rest[len..];
+        }
+        let header = &blob[..blob.len() - rest.len()];
+        let key_der = crate::keywrap::unwrap_secret(
+            crate::Backend::AwsLc,
+            wrapping_key.expose_secret(),
+            EXPORT_LABEL,
+            header,
+            rest,
+        )
+        .ok_or_else(bad)?;
+        let key = PrivateKey::from_pkcs8_der(&key_der)?;
+        let (cert, parents) = certs.split_first().ok_or_else(bad)?;
+        Self::from_parts(cert, parents, key)
     }
 
     fn chain_pem(&self, leaf_der: &[u8]) -> String {
