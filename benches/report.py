@@ -100,6 +100,31 @@ if r1 and r2:
     w(f"| raw aws-lc-rs in place, 64 KiB chunks, 1 thread (machine reference) | none | {r1:.2f} GB/s | 1.00× |")
     w(f"| raw aws-lc-rs in place, 64 KiB chunks, 2 threads (machine ceiling) | none | {r2:.2f} GB/s | {r2/r1:.2f}× |")
 w("")
+def pki_section():
+    """Rows of the `pki` bench (benches/benches/pki.rs), if it ran."""
+    rows = [(fid, r) for fid, r in sorted(res.items()) if fid.startswith("pki-")]
+    if not rows:
+        return []
+    lines = ["## PKI (one core; `cargo bench -p cryptocore-benches --bench pki`)\n",
+             f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} logical cores).",
+             "Leaf issuance includes generating the leaf key (aws-lc-rs) and signing; CSR signing includes",
+             "parsing, key and signature checks, the SAN policy and signing. Medians of criterion samples.",
+             "RSA leaf times are dominated by RSA key generation (a random prime search: it varies widely",
+             "between samples); services that need RSA-2048 certificates at volume send CSRs instead.\n",
+             "| operation | time | per second per core | goal |", "|---|---|---|---|"]
+    goals = {"pki-issue/p256-ca/p256-leaf": 2000, "pki-sign-csr/rsa2048-ca": 500}
+    for fid, r in rows:
+        per_s = 1e9 / r["ns"]
+        goal = goals.get(fid)
+        verdict = "" if goal is None else f"≥ {goal}/s: {'met' if per_s >= goal else '**not met**'}"
+        lines.append(f"| `{fid}` | {fmt_time(r['ns'])} | {per_s:,.0f} | {verdict} |")
+    lines.append("")
+    return lines
+
+if "--section" in sys.argv and sys.argv[sys.argv.index("--section") + 1] == "pki":
+    print("\n".join(pki_section()))
+    sys.exit(0)
+out.extend(pki_section())
 extra = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.notes.md")
 if os.path.exists(extra):
     out.append(open(extra).read())
