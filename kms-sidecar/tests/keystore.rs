@@ -84,6 +84,51 @@ fn conformance(store: &dyn KeyStore) {
     assert!(matches!(store.get_secret("db/password", None), Err(StoreError::NotFound(_))));
     assert!(matches!(store.delete_secret("db/password"), Err(StoreError::NotFound(_))));
     assert_eq!(store.put_secret("db/password", "tenant-a/db", b"ct3", 13).unwrap(), 1);
+    pki_conformance(store);
+}
+
+/// The CA row, the CRL counter and the certificate inventory.
+fn pki_conformance(store: &dyn KeyStore) {
+    use kms_sidecar::keystore::{CertificateRecord, StoredCa};
+    assert!(matches!(store.get_ca(), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.next_crl_number(), Err(StoreError::NotFound(_))));
+    let ca = StoredCa {
+        certificate: b"issuing".to_vec(),
+        parents: vec![b"root".to_vec(), Vec::new(), b"x".to_vec()],
+        wrapped_key: b"wrapped".to_vec(),
+        policy: "{}".into(),
+        created_at: 20,
+    };
+    store.put_ca(&ca).unwrap();
+    assert_eq!(store.get_ca().unwrap(), ca);
+    let other = StoredCa { certificate: b"other".to_vec(), ..ca.clone() };
+    assert!(matches!(store.put_ca(&other), Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.get_ca().unwrap(), ca, "the first CA stays");
+    assert_eq!((store.next_crl_number().unwrap(), store.next_crl_number().unwrap()), (1, 2));
+
+    let cert = |serial: &str, t: i64| CertificateRecord {
+        serial: serial.into(),
+        common_name: "web".into(),
+        sans: vec!["dns:web.a.svc".into(), "ip:10.0.0.1".into()],
+        not_after: t + 100,
+        issued_at: t,
+        revoked_at: None,
+        revoke_reason: None,
+    };
+    store.add_certificate(&cert("0B", 31)).unwrap();
+    store.add_certificate(&cert("0A", 30)).unwrap();
+    store.add_certificate(&cert("0C", 31)).unwrap();
+    assert!(matches!(store.add_certificate(&cert("0A", 99)), Err(StoreError::AlreadyExists(_))));
+    let list = store.list_certificates().unwrap();
+    assert_eq!(list.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>(), ["0A", "0B", "0C"]);
+    assert_eq!(list[0], cert("0A", 30));
+    let revoked = store.revoke_certificate("0B", 1, 40).unwrap();
+    assert_eq!((revoked.revoked_at, revoked.revoke_reason), (Some(40), Some(1)));
+    // Revoking again keeps the first time and reason.
+    let again = store.revoke_certificate("0B", 4, 50).unwrap();
+    assert_eq!((again.revoked_at, again.revoke_reason), (Some(40), Some(1)));
+    assert!(matches!(store.revoke_certificate("FF", 1, 40), Err(StoreError::NotFound(_))));
+    assert_eq!(store.list_certificates().unwrap().iter().filter(|c| c.revoked_at.is_some()).count(), 1);
 }
 
 /// Several writers rotate one key with read-modify-write retries: every rotation that
@@ -194,6 +239,29 @@ fn postgres_two_sidecars_rotate_one_key() {
         Arc::new(PostgresStore::connect(&pg.config).unwrap()),
     ];
     concurrent_rotations(&stores);
+}
+
+#[test]
+fn postgres_two_sidecars_number_crls_uniquely() {
+    let Some(pg) = PgSchema::new() else { return };
+    let a = Arc::new(PostgresStore::connect(&pg.config).unwrap());
+    let b = Arc::new(PostgresStore::connect(&pg.config).unwrap());
+    use kms_sidecar::keystore::StoredCa;
+    a.put_ca(&StoredCa {
+        certificate: vec![1],
+        parents: vec![],
+        wrapped_key: vec![2],
+        policy: "{}".into(),
+        created_at: 1,
+    })
+    .unwrap();
+    let threads: Vec<_> = [a, b]
+        .into_iter()
+        .map(|s| std::thread::spawn(move || (0..50).map(|_| s.next_crl_number().unwrap()).collect::<Vec<_>>()))
+        .collect();
+    let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<_>>(), "unique, contiguous CRL numbers across sidecars");
 }
 
 // ---- root key ----------------------------------------------------------------------

@@ -147,6 +147,51 @@ pub struct SecretSummary {
     pub key_name: String,
 }
 
+/// The sidecar's issuing CA as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCa {
+    /// The CA certificate (DER).
+    pub certificate: Vec<u8>,
+    /// Certificates above it, nearest first, up to the root (DER).
+    pub parents: Vec<Vec<u8>>,
+    /// Its PKCS#8 private key, wrapped by the root key.
+    pub wrapped_key: Vec<u8>,
+    /// The CSR name policy (JSON).
+    pub policy: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa")
+            .field("certificate_len", &self.certificate.len())
+            .field("parents", &self.parents.len())
+            .field("policy", &self.policy)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One issued certificate in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Serial, upper-case hex as `openssl x509 -serial` prints it.
+    pub serial: String,
+    /// Subject common name.
+    pub common_name: String,
+    /// Subject alternative names (`dns:…`, `ip:…`, `uri:…`).
+    pub sans: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+    /// Issue time, Unix seconds.
+    pub issued_at: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 reason code, if revoked.
+    pub revoke_reason: Option<u8>,
+}
+
 /// Storage of keys and secrets. Implementations are thread-safe; every method is one
 /// transaction, durable when it returns `Ok`.
 pub trait KeyStore: Send + Sync + std::fmt::Debug {
@@ -195,6 +240,52 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// The schema version recorded in the database.
     fn schema_version(&self) -> Result<u32, StoreError>;
+
+    /// Stores the issuing CA; `AlreadyExists` if there is one (one CA per keystore, shared
+    /// by every sidecar on it).
+    fn put_ca(&self, ca: &StoredCa) -> Result<(), StoreError>;
+
+    /// The issuing CA (`NotFound` before `put_ca`).
+    fn get_ca(&self) -> Result<StoredCa, StoreError>;
+
+    /// The next CRL number (strictly increasing across all sidecars sharing the store).
+    fn next_crl_number(&self) -> Result<u64, StoreError>;
+
+    /// Adds an issued certificate to the inventory.
+    fn add_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
+
+    /// Every issued certificate, sorted by issue time then serial.
+    fn list_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Marks a certificate revoked (the first revocation's time and reason are kept) and
+    /// returns it; `NotFound` for an unknown serial.
+    fn revoke_certificate(&self, serial: &str, reason: u8, now: i64) -> Result<CertificateRecord, StoreError>;
+}
+
+/// Encodes a CA's parent certificates for the `parents` column: each as a 4-byte
+/// big-endian length and its DER.
+pub(crate) fn encode_parents(parents: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parents {
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Decodes the `parents` column.
+pub(crate) fn decode_parents(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| StoreError::Corrupt("CA parents".into()))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(StoreError::Corrupt("CA parents".into()));
+        }
+        out.push(rest[..len].to_vec());
+        bytes = &rest[len..];
+    }
+    Ok(out)
 }
 
 /// Encodes a key state for the `state`/`delete_after` columns.

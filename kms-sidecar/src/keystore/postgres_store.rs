@@ -9,8 +9,8 @@ use postgres::{Client, GenericClient, NoTls};
 
 use super::schema::MIGRATIONS;
 use super::{
-    KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredVersion, state_from_columns,
-    state_to_columns, version_from_db,
+    CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
+    StoredVersion, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
 };
 
 /// Advisory-lock id serialising migrations across sidecars ("kms-sche" in ASCII).
@@ -282,5 +282,96 @@ impl KeyStore for PostgresStore {
     fn schema_version(&self) -> Result<u32, StoreError> {
         let v: i64 = self.client().query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?.get(0);
         Ok(v as u32)
+    }
+
+    fn put_ca(&self, ca: &StoredCa) -> Result<(), StoreError> {
+        let n = self.client().execute(
+            "INSERT INTO pki_ca (id, certificate, parents, wrapped_key, policy, crl_number, created_at)
+             VALUES (1, $1, $2, $3, $4, 0, $5) ON CONFLICT (id) DO NOTHING",
+            &[&ca.certificate, &encode_parents(&ca.parents), &ca.wrapped_key, &ca.policy, &ca.created_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("the CA".into()));
+        }
+        Ok(())
+    }
+
+    fn get_ca(&self) -> Result<StoredCa, StoreError> {
+        let row = self
+            .client()
+            .query_opt("SELECT certificate, parents, wrapped_key, policy, created_at FROM pki_ca WHERE id = 1", &[])?
+            .ok_or_else(|| StoreError::NotFound("the CA (run `kmsctl ca init`)".into()))?;
+        let parents: Vec<u8> = row.get(1);
+        Ok(StoredCa {
+            certificate: row.get(0),
+            parents: decode_parents(&parents)?,
+            wrapped_key: row.get(2),
+            policy: row.get(3),
+            created_at: row.get(4),
+        })
+    }
+
+    fn next_crl_number(&self) -> Result<u64, StoreError> {
+        // One row, updated in place: concurrent sidecars serialise on its lock, so numbers
+        // are unique and increasing across all of them.
+        let row = self
+            .client()
+            .query_opt("UPDATE pki_ca SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number", &[])?
+            .ok_or_else(|| StoreError::NotFound("the CA".into()))?;
+        let n: i64 = row.get(0);
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))
+    }
+
+    fn add_certificate(&self, c: &CertificateRecord) -> Result<(), StoreError> {
+        let n = self.client().execute(
+            "INSERT INTO pki_certificates (serial, common_name, sans, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (serial) DO NOTHING",
+            &[&c.serial, &c.common_name, &c.sans.join("\n"), &c.not_after, &c.issued_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("certificate {}", c.serial)));
+        }
+        Ok(())
+    }
+
+    fn list_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        let rows = self.client().query(
+            "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+             FROM pki_certificates ORDER BY issued_at, serial",
+            &[],
+        )?;
+        Ok(rows.iter().map(certificate_from_row).collect())
+    }
+
+    fn revoke_certificate(&self, serial: &str, reason: u8, now: i64) -> Result<CertificateRecord, StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        tx.execute(
+            "UPDATE pki_certificates SET revoked_at = $2, revoke_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
+            &[&serial, &now, &i32::from(reason)],
+        )?;
+        let row = tx
+            .query_opt(
+                "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+                 FROM pki_certificates WHERE serial = $1",
+                &[&serial],
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+        let record = certificate_from_row(&row);
+        tx.commit()?;
+        Ok(record)
+    }
+}
+
+fn certificate_from_row(r: &postgres::Row) -> CertificateRecord {
+    let sans: String = r.get(2);
+    CertificateRecord {
+        serial: r.get(0),
+        common_name: r.get(1),
+        sans: sans.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        not_after: r.get(3),
+        issued_at: r.get(4),
+        revoked_at: r.get(5),
+        revoke_reason: r.get::<_, Option<i32>>(6).and_then(|v| u8::try_from(v).ok()),
     }
 }

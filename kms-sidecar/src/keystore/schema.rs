@@ -8,8 +8,9 @@ pub(crate) struct Migration {
     pub(crate) postgres: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    sqlite: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sqlite: "
         CREATE TABLE keys (
             name                TEXT PRIMARY KEY,
             state               TEXT NOT NULL,
@@ -35,7 +36,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             created_at INTEGER NOT NULL,
             PRIMARY KEY (name, version)
         );",
-    postgres: "
+        postgres: "
         CREATE TABLE keys (
             name                TEXT PRIMARY KEY,
             state               TEXT NOT NULL,
@@ -61,4 +62,47 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             created_at BIGINT NOT NULL,
             PRIMARY KEY (name, version)
         );",
-}];
+    },
+    Migration {
+        // 2: the internal CA (one issuing CA, its chain, its key wrapped by the root key, the
+        // CSR name policy, the CRL counter) and the inventory of issued certificates.
+        sqlite: "
+        CREATE TABLE pki_ca (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            certificate BLOB NOT NULL,
+            parents     BLOB NOT NULL,
+            wrapped_key BLOB NOT NULL,
+            policy      TEXT NOT NULL,
+            crl_number  INTEGER NOT NULL,
+            created_at  INTEGER NOT NULL
+        );
+        CREATE TABLE pki_certificates (
+            serial        TEXT PRIMARY KEY,
+            common_name   TEXT NOT NULL,
+            sans          TEXT NOT NULL,
+            not_after     INTEGER NOT NULL,
+            issued_at     INTEGER NOT NULL,
+            revoked_at    INTEGER,
+            revoke_reason INTEGER
+        );",
+        postgres: "
+        CREATE TABLE pki_ca (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            certificate BYTEA NOT NULL,
+            parents     BYTEA NOT NULL,
+            wrapped_key BYTEA NOT NULL,
+            policy      TEXT NOT NULL,
+            crl_number  BIGINT NOT NULL,
+            created_at  BIGINT NOT NULL
+        );
+        CREATE TABLE pki_certificates (
+            serial        TEXT PRIMARY KEY,
+            common_name   TEXT NOT NULL,
+            sans          TEXT NOT NULL,
+            not_after     BIGINT NOT NULL,
+            issued_at     BIGINT NOT NULL,
+            revoked_at    BIGINT,
+            revoke_reason INTEGER
+        );",
+    },
+];

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::schema::MIGRATIONS;
 use super::{
-    KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredVersion, state_from_columns,
-    state_to_columns, version_from_db,
+    CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
+    StoredVersion, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
 };
 
 /// The SQLite keystore.
@@ -306,4 +306,101 @@ impl KeyStore for SqliteStore {
             self.conn().query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
         Ok(v as u32)
     }
+
+    fn put_ca(&self, ca: &StoredCa) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO pki_ca (id, certificate, parents, wrapped_key, policy, crl_number, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, 0, ?5) ON CONFLICT (id) DO NOTHING",
+            params![ca.certificate, encode_parents(&ca.parents), ca.wrapped_key, ca.policy, ca.created_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("the CA".into()));
+        }
+        Ok(())
+    }
+
+    fn get_ca(&self) -> Result<StoredCa, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT certificate, parents, wrapped_key, policy, created_at FROM pki_ca WHERE id = 1",
+                [],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound("the CA (run `kmsctl ca init`)".into()))?;
+        Ok(StoredCa {
+            certificate: row.0,
+            parents: decode_parents(&row.1)?,
+            wrapped_key: row.2,
+            policy: row.3,
+            created_at: row.4,
+        })
+    }
+
+    fn next_crl_number(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row("UPDATE pki_ca SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let n = n.ok_or_else(|| StoreError::NotFound("the CA".into()))?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))
+    }
+
+    fn add_certificate(&self, c: &CertificateRecord) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO pki_certificates (serial, common_name, sans, not_after, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (serial) DO NOTHING",
+            params![c.serial, c.common_name, c.sans.join("\n"), c.not_after, c.issued_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("certificate {}", c.serial)));
+        }
+        Ok(())
+    }
+
+    fn list_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+             FROM pki_certificates ORDER BY issued_at, serial",
+        )?;
+        let rows = stmt.query_map([], certificate_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_certificate(&self, serial: &str, reason: u8, now: i64) -> Result<CertificateRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE pki_certificates SET revoked_at = ?2, revoke_reason = ?3 WHERE serial = ?1 AND revoked_at IS NULL",
+            params![serial, now, i64::from(reason)],
+        )?;
+        let record = tx
+            .query_row(
+                "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+                 FROM pki_certificates WHERE serial = ?1",
+                [serial],
+                certificate_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+        tx.commit()?;
+        Ok(record)
+    }
+}
+
+fn certificate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
+    let sans: String = r.get(2)?;
+    Ok(CertificateRecord {
+        serial: r.get(0)?,
+        common_name: r.get(1)?,
+        sans: sans.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        not_after: r.get(3)?,
+        issued_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        revoke_reason: r.get::<_, Option<i64>>(6)?.and_then(|v| u8::try_from(v).ok()),
+    })
 }
