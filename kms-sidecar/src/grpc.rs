@@ -48,6 +48,7 @@ pub fn status(e: KmsError) -> Status {
         KmsError::Aborted(m) => Status::aborted(m),
         KmsError::Unavailable(m) => Status::unavailable(m),
         KmsError::Internal(m) => Status::internal(m),
+        KmsError::PermissionDenied(m) => Status::permission_denied(m),
         e @ KmsError::WouldBlock => Status::unavailable(e.to_string()),
     }
 }
@@ -192,6 +193,51 @@ pub fn wrapped_from_pb(w: pb::WrappedDataKey) -> crypto_core::provider::WrappedK
         key_name: w.key_name,
         key_version: w.key_version,
         blob: w.blob,
+    }
+}
+
+fn key_type(name: &str) -> Result<crypto_core::pki::KeyType, KmsError> {
+    if name.is_empty() {
+        Ok(crypto_core::pki::KeyType::default())
+    } else {
+        Ok(crypto_core::pki::KeyType::from_name(name)?)
+    }
+}
+
+fn usage(name: &str) -> Result<crypto_core::pki::Usage, KmsError> {
+    use crypto_core::pki::Usage;
+    match name {
+        "" | "server" => Ok(Usage::Server),
+        "client" => Ok(Usage::Client),
+        "both" => Ok(Usage::ServerAndClient),
+        other => Err(KmsError::InvalidArgument(format!("usage {other:?}: use server, client or both"))),
+    }
+}
+
+fn issued_to_pb(c: crypto_core::pki::IssuedCertificate) -> pb::IssuedCertificate {
+    let certificate_pem = c.certificate_pem();
+    pb::IssuedCertificate {
+        serial: c.serial.to_hex(),
+        certificate_pem,
+        chain_pem: c.chain_pem,
+        private_key_pem: c.private_key.map(|k| k.to_pkcs8_pem().expose_secret().to_vec()).unwrap_or_default(),
+        not_after_unix: c.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+    }
+}
+
+fn certificate_to_pb(c: crate::keystore::CertificateRecord) -> pb::CertificateInfo {
+    pb::CertificateInfo {
+        serial: c.serial,
+        common_name: c.common_name,
+        sans: c.sans,
+        not_after_unix: c.not_after,
+        issued_at_unix: c.issued_at,
+        revoked_at_unix: c.revoked_at.unwrap_or(0),
+        revoke_reason: c
+            .revoke_reason
+            .and_then(crypto_core::pki::RevocationReason::from_code)
+            .map(|r| r.name().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -426,6 +472,97 @@ impl KmsRpc for KmsService {
                     .map(|s| pb::SecretInfo { name: s.name, latest_version: s.latest_version, key_name: s.key_name })
                     .collect(),
             })
+        })
+        .await
+    }
+
+    async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| {
+            let policy = crypto_core::pki::SanPolicy {
+                dns: r.allowed_dns,
+                ip: r.allowed_ip.iter().map(|n| crate::ca::parse_network(n)).collect::<Result<_, _>>()?,
+                uri_prefixes: r.allowed_uri_prefixes,
+            };
+            let init = crate::ca::CaInit {
+                common_name: r.common_name,
+                key_type: key_type(&r.key_type)?,
+                ttl: if r.ttl_seconds == 0 {
+                    std::time::Duration::from_secs(10 * 365 * 86_400)
+                } else {
+                    std::time::Duration::from_secs(r.ttl_seconds)
+                },
+                policy,
+            };
+            Ok(pb::CaBundle { pem: k.init_ca(&init)?.bundle_pem })
+        })
+        .await
+    }
+
+    async fn issue_certificate(
+        &self,
+        r: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| {
+            let request = crypto_core::pki::LeafRequest {
+                common_name: r.common_name,
+                sans: r.sans.iter().map(|s| crypto_core::pki::SubjectAltName::parse(s)).collect::<Result<_, _>>()?,
+                key_type: key_type(&r.key_type)?,
+                ttl: std::time::Duration::from_secs(r.ttl_seconds),
+                usage: usage(&r.usage)?,
+            };
+            Ok(issued_to_pb(k.issue_certificate(&request)?))
+        })
+        .await
+    }
+
+    async fn sign_csr(&self, r: Request<pb::SignCsrRequest>) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let r = r.into_inner();
+        self.check_size(r.csr.len())?;
+        self.run(move |k| {
+            let ttl = std::time::Duration::from_secs(r.ttl_seconds);
+            Ok(issued_to_pb(k.sign_csr(&r.csr, ttl, usage(&r.usage)?)?))
+        })
+        .await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        r: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::CertificateInfo>, Status> {
+        let r = r.into_inner();
+        self.run(move |k| {
+            let reason = if r.reason.is_empty() {
+                crypto_core::pki::RevocationReason::Unspecified
+            } else {
+                crypto_core::pki::RevocationReason::parse(&r.reason)?
+            };
+            Ok(certificate_to_pb(k.revoke_certificate(&r.serial, reason)?))
+        })
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        _: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        self.run(|k| {
+            Ok(pb::ListCertificatesResponse {
+                certificates: k.list_certificates()?.into_iter().map(certificate_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_ca_bundle(&self, _: Request<pb::GetCaBundleRequest>) -> Result<Response<pb::CaBundle>, Status> {
+        self.run(|k| Ok(pb::CaBundle { pem: k.ca_info()?.bundle_pem })).await
+    }
+
+    async fn get_crl(&self, _: Request<pb::GetCrlRequest>) -> Result<Response<pb::Crl>, Status> {
+        self.run(|k| {
+            let (der, number) = k.crl()?;
+            Ok(pb::Crl { pem: crypto_core::pki::to_pem("X509 CRL", &der), number })
         })
         .await
     }

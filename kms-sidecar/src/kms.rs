@@ -71,6 +71,9 @@ pub enum KmsError {
     /// The keystore is unreachable or failed.
     #[error("{0}")]
     Unavailable(String),
+    /// A request outside what policy allows (e.g. a CSR naming a host the CA may not certify).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Stored data is inconsistent (e.g. a KEK that does not unwrap under the root key).
     #[error("{0}")]
     Internal(String),
@@ -235,6 +238,8 @@ pub struct Kms {
     options: KmsOptions,
     records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
     keks: Mutex<KekCache>,
+    /// The issuing CA once loaded (one per keystore, never replaced).
+    pub(crate) ca: Mutex<Option<Arc<crypto_core::pki::CertificateAuthority>>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -269,12 +274,18 @@ impl Kms {
             options,
             records: Mutex::new(HashMap::new()),
             keks: Mutex::new(KekCache { capacity: options.kek_cache_capacity, ..KekCache::default() }),
+            ca: Mutex::new(None),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
+    }
+
+    /// The root key.
+    pub(crate) fn root(&self) -> &LocalRootKey {
+        &self.root
     }
 
     /// The cache settings.

@@ -15,6 +15,7 @@
 //! * [`grpc`], [`server`]: the `kms.v1` gRPC service (plus health and reflection) on a
 //!   Unix socket; the `kms-sidecar` binary serves it.
 
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod grpc;

@@ -130,6 +130,29 @@ impl LocalRootKey {
         )
     }
 
+    /// Wraps a secret of any length (e.g. a CA's PKCS#8 key) stored under `purpose`.
+    pub fn wrap_secret(&self, purpose: &str, secret: &[u8]) -> Vec<u8> {
+        crypto_core::keywrap::wrap_secret(
+            Backend::AwsLc,
+            self.material.expose_secret(),
+            LABEL,
+            &Self::aad(purpose, 0),
+            secret,
+        )
+    }
+
+    /// Unwraps a secret from [`LocalRootKey::wrap_secret`].
+    pub fn unwrap_secret(&self, purpose: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, RootKeyError> {
+        crypto_core::keywrap::unwrap_secret(
+            Backend::AwsLc,
+            self.material.expose_secret(),
+            LABEL,
+            &Self::aad(purpose, 0),
+            blob,
+        )
+        .ok_or_else(|| RootKeyError::UnwrapFailed { name: purpose.into(), version: 0 })
+    }
+
     /// Unwraps a stored KEK version.
     pub fn unwrap(&self, name: &str, version: u32, blob: &[u8]) -> Result<KeyMaterial, RootKeyError> {
         let key: zeroize::Zeroizing<[u8; KEY_LEN]> = crypto_core::keywrap::unwrap(
