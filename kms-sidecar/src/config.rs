@@ -73,10 +73,11 @@ pub struct ServeArgs {
     /// Data directory: keystore, root key and default socket [default: ./kms-data].
     #[arg(long, env = "KMS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Listen address: unix:///path/to.sock or tcp://IP:PORT (TLS required)
-    /// [default: unix://DATA_DIR/kms.sock].
-    #[arg(long, env = "KMS_LISTEN")]
-    pub listen: Option<String>,
+    /// Listen address: unix:///path/to.sock or tcp://IP:PORT (TLS required); repeat (or
+    /// separate with commas) to serve several, e.g. a local admin socket beside a TLS
+    /// port [default: unix://DATA_DIR/kms.sock].
+    #[arg(long, env = "KMS_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
     /// PostgreSQL connection string; when set, keys live there instead of SQLite.
     #[arg(long, env = "KMS_POSTGRES")]
     pub postgres: Option<String>,
@@ -92,6 +93,20 @@ pub struct ServeArgs {
     /// CA (PEM) whose client certificates are required (mTLS).
     #[arg(long, env = "KMS_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// `auto`: tcp:// listeners serve a certificate from the sidecar's own CA (renewed
+    /// without restart) and require client certificates from it, checked against its CRL.
+    #[arg(long, env = "KMS_TLS")]
+    pub tls: Option<String>,
+    /// Names in the `--tls auto` server certificate: dns:NAME, ip:ADDRESS (repeatable)
+    /// [default: the listen IP, plus dns:localhost on loopback].
+    #[arg(long = "tls-name", env = "KMS_TLS_NAME", value_delimiter = ',')]
+    pub tls_name: Vec<String>,
+    /// Lifetime of `--tls auto` server certificates (renewed at two thirds) [default: 7d].
+    #[arg(long, env = "KMS_TLS_AUTO_TTL")]
+    pub tls_auto_ttl: Option<String>,
+    /// How often `--tls auto` checks for renewal and re-reads the CRL [default: 60s].
+    #[arg(long, env = "KMS_TLS_REFRESH_INTERVAL")]
+    pub tls_refresh_interval: Option<String>,
     /// Largest accepted payload (and request message) in bytes [default: 4194304].
     #[arg(long, env = "KMS_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -121,11 +136,32 @@ pub struct ServeArgs {
 }
 
 /// The TOML file: the same settings as [`ServeArgs`], by the same names.
+/// One string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    listen: Option<String>,
+    listen: Option<OneOrMany>,
+    tls: Option<String>,
+    tls_name: Option<Vec<String>>,
+    tls_auto_ttl: Option<String>,
+    tls_refresh_interval: Option<String>,
     postgres: Option<String>,
     socket_mode: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -146,8 +182,17 @@ struct FileConfig {
 pub enum Listen {
     /// A Unix domain socket at this path.
     Unix(PathBuf),
-    /// TCP with TLS at this address, from these PEM files.
-    Tcp(std::net::SocketAddr, crate::server::TlsFiles),
+    /// TCP with TLS at this address.
+    Tcp(std::net::SocketAddr, TlsSource),
+}
+
+/// Where a TCP listener's TLS identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files (`--tls-cert`, `--tls-key`, optional `--client-ca`).
+    Files(crate::server::TlsFiles),
+    /// The sidecar's own CA (`--tls auto`), with these names in the certificate.
+    Auto(Vec<crypto_core::pki::SubjectAltName>),
 }
 
 /// Log output format.
@@ -164,8 +209,12 @@ pub enum LogFormat {
 pub struct Settings {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Listener.
-    pub listen: Listen,
+    /// Listeners (at least one).
+    pub listen: Vec<Listen>,
+    /// Lifetime of `--tls auto` server certificates.
+    pub tls_auto_ttl: Duration,
+    /// Renewal check and CRL refresh interval of `--tls auto`.
+    pub tls_refresh_interval: Duration,
     /// PostgreSQL connection string, if keys live there.
     pub postgres: Option<String>,
     /// Socket file mode.
@@ -223,27 +272,57 @@ impl ServeArgs {
         let tls_cert = self.tls_cert.or(file.tls_cert);
         let tls_key = self.tls_key.or(file.tls_key);
         let client_ca = self.client_ca.or(file.client_ca);
-        let listen = match self.listen.or(file.listen) {
-            None => Listen::Unix(data_dir.join("kms.sock")),
-            Some(l) => {
-                if let Some(p) = l.strip_prefix("unix://").filter(|p| !p.is_empty()) {
-                    Listen::Unix(PathBuf::from(p))
-                } else if let Some(addr) = l.strip_prefix("tcp://") {
-                    let addr = addr.parse().map_err(|_| invalid("listen", format!("{l:?}: expected tcp://IP:PORT")))?;
-                    let (Some(cert), Some(key)) = (tls_cert.clone(), tls_key.clone()) else {
-                        return Err(invalid("listen", "a tcp:// listener requires TLS: give --tls-cert and --tls-key"));
-                    };
-                    Listen::Tcp(addr, crate::server::TlsFiles { cert, key, client_ca: client_ca.clone() })
-                } else {
-                    return Err(invalid("listen", format!("{l:?}: expected unix:///path or tcp://IP:PORT")));
-                }
-            }
+        let auto = match self.tls.or(file.tls).as_deref() {
+            None | Some("files") => false,
+            Some("auto") => true,
+            Some(other) => return Err(invalid("tls", format!("{other:?}: use auto (or give --tls-cert/--tls-key)"))),
         };
+        let tls_names = if self.tls_name.is_empty() { file.tls_name.unwrap_or_default() } else { self.tls_name };
+        let tls_names = tls_names
+            .iter()
+            .map(|n| crypto_core::pki::SubjectAltName::parse(n).map_err(|e| invalid("tls_name", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let listen_texts =
+            if self.listen.is_empty() { file.listen.map(OneOrMany::into_vec).unwrap_or_default() } else { self.listen };
+        let mut listen = Vec::new();
         let mut warnings = Vec::new();
-        if matches!(listen, Listen::Unix(_)) && (tls_cert.is_some() || tls_key.is_some() || client_ca.is_some()) {
+        for l in &listen_texts {
+            if let Some(p) = l.strip_prefix("unix://").filter(|p| !p.is_empty()) {
+                listen.push(Listen::Unix(PathBuf::from(p)));
+            } else if let Some(addr) = l.strip_prefix("tcp://") {
+                let addr: std::net::SocketAddr =
+                    addr.parse().map_err(|_| invalid("listen", format!("{l:?}: expected tcp://IP:PORT")))?;
+                let source = if auto {
+                    let mut names = tls_names.clone();
+                    if names.is_empty() {
+                        names.push(crypto_core::pki::SubjectAltName::Ip(addr.ip()));
+                        if addr.ip().is_loopback() {
+                            names.push(crypto_core::pki::SubjectAltName::Dns("localhost".into()));
+                        }
+                    }
+                    TlsSource::Auto(names)
+                } else {
+                    let (Some(cert), Some(key)) = (tls_cert.clone(), tls_key.clone()) else {
+                        return Err(invalid(
+                            "listen",
+                            "a tcp:// listener requires TLS: give --tls-cert and --tls-key, or --tls auto",
+                        ));
+                    };
+                    TlsSource::Files(crate::server::TlsFiles { cert, key, client_ca: client_ca.clone() })
+                };
+                listen.push(Listen::Tcp(addr, source));
+            } else {
+                return Err(invalid("listen", format!("{l:?}: expected unix:///path or tcp://IP:PORT")));
+            }
+        }
+        if listen.is_empty() {
+            listen.push(Listen::Unix(data_dir.join("kms.sock")));
+        }
+        let has_tcp = listen.iter().any(|l| matches!(l, Listen::Tcp(..)));
+        if !has_tcp && (tls_cert.is_some() || tls_key.is_some() || client_ca.is_some() || auto) {
             // Not an error: a higher layer (env, flag) may switch a file's tcp:// listener
-            // to a socket; the TLS files of the lower layer then simply do not apply.
-            warnings.push("tls_cert, tls_key and client_ca are ignored: the listener is a Unix socket".into());
+            // to a socket; the TLS settings of the lower layer then simply do not apply.
+            warnings.push("TLS settings are ignored: no tcp:// listener".into());
         }
         let socket_mode_text = self.socket_mode.or(file.socket_mode).unwrap_or_else(|| "600".into());
         let socket_mode = u32::from_str_radix(&socket_mode_text, 8)
@@ -280,6 +359,16 @@ impl ServeArgs {
             self.deletion_check_interval.or(file.deletion_check_interval),
             Duration::from_secs(10),
         )?;
+        let tls_auto_ttl =
+            duration("tls_auto_ttl", self.tls_auto_ttl.or(file.tls_auto_ttl), Duration::from_secs(7 * 86_400))?;
+        let tls_refresh_interval = duration(
+            "tls_refresh_interval",
+            self.tls_refresh_interval.or(file.tls_refresh_interval),
+            Duration::from_secs(60),
+        )?;
+        if tls_auto_ttl < Duration::from_secs(1) || tls_refresh_interval.is_zero() {
+            return Err(invalid("tls_auto_ttl", "tls_auto_ttl and tls_refresh_interval must be longer than 0"));
+        }
         if deletion_check_interval.is_zero() {
             return Err(invalid("deletion_check_interval", "must be longer than 0"));
         }
@@ -291,6 +380,8 @@ impl ServeArgs {
         Ok(Settings {
             data_dir,
             listen,
+            tls_auto_ttl,
+            tls_refresh_interval,
             postgres: self.postgres.or(file.postgres),
             socket_mode,
             limits: crate::grpc::Limits { max_request_bytes, max_concurrent_streams, stream_idle_timeout },
@@ -311,7 +402,7 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -325,7 +416,7 @@ mod tests {
     fn defaults() {
         let s = ServeArgs::default().resolve().unwrap();
         assert_eq!(s.data_dir, PathBuf::from("./kms-data"));
-        assert_eq!(s.listen, Listen::Unix(PathBuf::from("./kms-data/kms.sock")));
+        assert_eq!(s.listen, vec![Listen::Unix(PathBuf::from("./kms-data/kms.sock"))]);
         assert_eq!(s.socket_mode, 0o600);
         assert_eq!(s.limits, crate::grpc::Limits::default());
         assert_eq!(s.key_cache_ttl, Duration::from_secs(1));
@@ -338,7 +429,7 @@ mod tests {
         let args = ServeArgs { config: Some(path), max_request_bytes: Some(2000), ..ServeArgs::default() };
         let s = args.resolve().unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(s.listen, Listen::Unix(PathBuf::from("/from/file/kms.sock")));
+        assert_eq!(s.listen, vec![Listen::Unix(PathBuf::from("/from/file/kms.sock"))]);
         assert_eq!(s.limits.max_request_bytes, 2000, "the flag wins over the file");
         assert_eq!(s.log_format, LogFormat::Json);
     }
@@ -347,12 +438,34 @@ mod tests {
     fn a_higher_layer_can_switch_a_tls_listener_to_a_socket() {
         let (_d, path) = file("listen = \"tcp://127.0.0.1:7000\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
         let s = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }.resolve().unwrap();
-        assert!(matches!(s.listen, Listen::Tcp(..)));
+        assert!(matches!(s.listen[..], [Listen::Tcp(_, TlsSource::Files(_))]));
         assert!(s.warnings.is_empty());
-        let args = ServeArgs { config: Some(path), listen: Some("unix:///tmp/k.sock".into()), ..ServeArgs::default() };
+        let args = ServeArgs { config: Some(path), listen: vec!["unix:///tmp/k.sock".into()], ..ServeArgs::default() };
         let s = args.resolve().unwrap();
-        assert_eq!(s.listen, Listen::Unix(PathBuf::from("/tmp/k.sock")));
+        assert_eq!(s.listen, vec![Listen::Unix(PathBuf::from("/tmp/k.sock"))]);
         assert_eq!(s.warnings.len(), 1, "the unused TLS files are reported");
+    }
+
+    #[test]
+    fn several_listeners_and_tls_auto() {
+        let args = ServeArgs {
+            listen: vec!["unix:///tmp/a.sock".into(), "tcp://127.0.0.1:7443".into()],
+            tls: Some("auto".into()),
+            ..ServeArgs::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen.len(), 2);
+        let Listen::Tcp(_, TlsSource::Auto(names)) = &s.listen[1] else { panic!("{:?}", s.listen) };
+        assert_eq!(names.iter().map(ToString::to_string).collect::<Vec<_>>(), ["ip:127.0.0.1", "dns:localhost"]);
+        assert_eq!(s.tls_auto_ttl, Duration::from_secs(7 * 86_400));
+        let (_d, path) = file(
+            "listen = [\"unix:///tmp/b.sock\", \"tcp://10.0.0.1:443\"]\ntls = \"auto\"\ntls_name = [\"dns:kms.internal\"]\n",
+        );
+        let s = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap();
+        let Listen::Tcp(_, TlsSource::Auto(names)) = &s.listen[1] else { panic!("{:?}", s.listen) };
+        assert_eq!(names.iter().map(ToString::to_string).collect::<Vec<_>>(), ["dns:kms.internal"]);
+        assert!(ServeArgs { tls: Some("magic".into()), ..ServeArgs::default() }.resolve().is_err());
+        assert!(ServeArgs { tls_name: vec!["bogus".into()], ..ServeArgs::default() }.resolve().is_err());
     }
 
     #[test]
@@ -372,7 +485,7 @@ mod tests {
         assert!(e.starts_with("key_cache_ttl:"), "{e}");
         let e = ServeArgs { socket_mode: Some("999".into()), ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(e.to_string().starts_with("socket_mode:"), "{e}");
-        let e = ServeArgs { listen: Some("tcp://127.0.0.1:1".into()), ..ServeArgs::default() }.resolve().unwrap_err();
+        let e = ServeArgs { listen: vec!["tcp://127.0.0.1:1".into()], ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("requires TLS"), "{e}");
         let e = ServeArgs { key_cache_ttl: Some("2h".into()), ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(e.to_string().starts_with("key_cache_ttl:"), "{e}");

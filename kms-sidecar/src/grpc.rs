@@ -567,6 +567,10 @@ impl KmsRpc for KmsService {
         .await
     }
 
+    async fn who_am_i(&self, r: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        Ok(Response::new(pb::WhoAmIResponse { identity: crate::tls_auto::client_identity(&r).unwrap_or_default() }))
+    }
+
     async fn delete_secret(
         &self,
         r: Request<pb::DeleteSecretRequest>,

@@ -24,3 +24,4 @@ pub mod kms;
 pub mod root_key;
 pub mod server;
 mod streaming;
+pub mod tls_auto;

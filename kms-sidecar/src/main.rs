@@ -20,11 +20,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use kms_sidecar::config::{Listen, LogFormat, ServeArgs, Settings};
+use kms_sidecar::config::{Listen, LogFormat, ServeArgs, Settings, TlsSource};
 use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
 use kms_sidecar::kms::{Kms, KmsOptions};
 use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
-use kms_sidecar::server::{serve_tcp_tls, serve_unix};
+use kms_sidecar::server::{ServeError, serve_tcp_auto, serve_tcp_tls, serve_unix};
+use kms_sidecar::tls_auto::AutoTls;
 
 #[derive(Parser)]
 #[command(name = "kms-sidecar", version, about = "KMS sidecar: gRPC kms.v1 over a local or shared keystore")]
@@ -87,33 +88,70 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let purge = tokio::spawn(deletion_job(served.clone(), settings.deletion_check_interval));
-        let shutdown = async {
+        // One signal stops every listener.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return std::future::pending().await,
+                Err(_) => return,
             };
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
             tracing::info!("shutting down: finishing in-flight requests");
-        };
+            let _ = stop_tx.send(true);
+        });
         let limits = settings.limits;
-        let result = match &settings.listen {
-            Listen::Unix(socket) => {
-                tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
-                serve_unix(served, socket, settings.socket_mode, limits, shutdown).await
+        let mut servers = tokio::task::JoinSet::new();
+        for listen in settings.listen.clone() {
+            let mut stop = stop_rx.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let kms = served.clone();
+            match listen {
+                Listen::Unix(socket) => {
+                    tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
+                    servers.spawn(async move { serve_unix(kms, &socket, settings.socket_mode, limits, shutdown).await });
+                }
+                Listen::Tcp(addr, TlsSource::Files(tls)) => {
+                    tracing::info!(
+                        listen = %format!("tcp://{addr}"),
+                        keystore = backend,
+                        client_certificates = tls.client_ca.is_some(),
+                        "serving kms.v1 with TLS"
+                    );
+                    servers.spawn(async move { serve_tcp_tls(kms, addr, &tls, limits, shutdown).await });
+                }
+                Listen::Tcp(addr, TlsSource::Auto(names)) => {
+                    let (ttl, refresh) = (settings.tls_auto_ttl, settings.tls_refresh_interval);
+                    let k = kms.clone();
+                    let auto = tokio::task::spawn_blocking(move || AutoTls::new(k, names, ttl))
+                        .await
+                        .map_err(|_| ServeError::Tls("setup panicked".into()))?
+                        .map_err(|e| ServeError::Tls(format!("--tls auto: {e}")))?;
+                    tracing::info!(
+                        listen = %format!("tcp://{addr}"),
+                        keystore = backend,
+                        serial = %auto.serial(),
+                        "serving kms.v1 with TLS from the sidecar's CA; client certificates from it required"
+                    );
+                    servers.spawn(async move { serve_tcp_auto(kms, addr, auto, refresh, limits, shutdown).await });
+                }
             }
-            Listen::Tcp(addr, tls) => {
-                tracing::info!(
-                    listen = %format!("tcp://{addr}"),
-                    keystore = backend,
-                    client_certificates = tls.client_ca.is_some(),
-                    "serving kms.v1 with TLS"
-                );
-                serve_tcp_tls(served, *addr, tls, limits, shutdown).await
+        }
+        // The first listener to fail stops the others (and the process, with its error).
+        let mut result = Ok(());
+        while let Some(done) = servers.join_next().await {
+            let outcome = done.map_err(|_| ServeError::Listener("panicked".into())).and_then(|r| r);
+            if let Err(e) = outcome {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                servers.abort_all();
             }
-        };
+        }
         purge.abort();
         result
     })?;

@@ -31,6 +31,12 @@ pub enum ServeError {
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// Setting up TLS failed (`--tls auto`: issuing the server certificate, the CRL).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener task ended abnormally.
+    #[error("listener: {0}")]
+    Listener(String),
 }
 
 /// PEM files for the TCP listener.
@@ -87,6 +93,26 @@ pub async fn serve_tcp_tls(
     }
     let builder = tonic::transport::Server::builder().tls_config(config)?;
     Ok(router(builder, kms, limits).await?.serve_with_shutdown(addr, shutdown).await?)
+}
+
+/// Serves on TCP with `--tls auto` (see [`crate::tls_auto`]): a server certificate from
+/// the sidecar's CA, renewed and re-read with the CRL every `refresh`, and client
+/// certificates from that CA required. Stops like [`serve_unix`].
+pub async fn serve_tcp_auto(
+    kms: Arc<Kms>,
+    addr: std::net::SocketAddr,
+    tls: Arc<crate::tls_auto::AutoTls>,
+    refresh: std::time::Duration,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let incoming = crate::tls_auto::incoming(addr, tls, refresh)
+        .await
+        .map_err(|source| ServeError::Socket { path: PathBuf::from(addr.to_string()), source })?;
+    Ok(router(tonic::transport::Server::builder(), kms, limits)
+        .await?
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?)
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the

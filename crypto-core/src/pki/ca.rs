@@ -21,8 +21,13 @@ use super::{KeyType, PkiError, decode_pem_or_der, system_time};
 const EXPORT_MAGIC: [u8; 8] = *b"CCCAEXP1";
 /// Key-wrap label of exported CA keys.
 const EXPORT_LABEL: &[u8] = b"crypto-core/v1/pki-ca-export";
-/// Certificates are back-dated by this much to tolerate clock skew between machines.
+/// Certificates are back-dated by this much (at most a quarter of their lifetime) to
+/// tolerate clock skew between machines.
 const BACKDATE: Duration = Duration::from_secs(60);
+
+fn backdate(ttl: Duration) -> Duration {
+    BACKDATE.min(ttl / 4)
+}
 /// Longest lifetime of a leaf certificate.
 pub const MAX_LEAF_TTL: Duration = Duration::from_secs(398 * 86_400);
 
@@ -173,7 +178,7 @@ fn ca_params(options: &CaOptions, now: SystemTime) -> Result<CertificateParams, 
         None => BasicConstraints::Unconstrained,
     });
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.not_before = odt(now - BACKDATE);
+    params.not_before = odt(now - backdate(options.ttl));
     params.not_after = odt(now + options.ttl);
     params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
     params.use_authority_key_identifier_extension = true;
@@ -379,7 +384,7 @@ impl CertificateAuthority {
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         };
-        params.not_before = odt(now - BACKDATE);
+        params.not_before = odt(now - backdate(ttl));
         params.not_after = odt(now + ttl);
         let serial = Serial::random();
         params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
@@ -403,7 +408,7 @@ impl CertificateAuthority {
             private_key: Some(key),
             common_name: request.common_name.clone(),
             sans: request.sans.clone(),
-            not_before: now - BACKDATE,
+            not_before: now - backdate(request.ttl),
             not_after: now + request.ttl,
         })
     }
@@ -485,7 +490,7 @@ impl CertificateAuthority {
             private_key: None,
             common_name,
             sans,
-            not_before: now - BACKDATE,
+            not_before: now - backdate(ttl),
             not_after: now + ttl,
         })
     }

@@ -16,7 +16,7 @@
 //! (key generation, signing) and every signature verification runs in aws-lc-rs. RSA
 //! private keys never touch the pure-Rust `rsa` crate, which only reads public keys
 //! (RUSTSEC-2023-0071). Serials are 159 random bits; certificates are back-dated one
-//! minute against clock skew.
+//! minute (at most a quarter of their lifetime) against clock skew.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};

@@ -95,6 +95,8 @@ enum Cmd {
     /// Versioned secrets.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Print the identity the sidecar sees for this client.
+    Whoami,
     /// The sidecar's certificate authority.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -532,6 +534,14 @@ fn run(cli: Cli) -> Result<()> {
                     "plaintext\t{}\nwrapped\t{} v{} {}",
                     out["plaintext"], w.key_name, w.key_version, out["wrapped"]
                 );
+            }
+        }
+        Cmd::Whoami => {
+            let who = client.call(|mut c| async move { c.who_am_i(pb::WhoAmIRequest {}).await })?;
+            if j {
+                println!("{}", json!({"identity": who.identity}));
+            } else {
+                println!("{}", who.identity);
             }
         }
         Cmd::Ca(cmd) => match cmd {
