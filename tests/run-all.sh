@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every check CI runs, in one command (README: "Run all tests"). Needs a Rust toolchain,
-# a C compiler, Python 3, network access to crates.io / PyPI, and PostgreSQL on
+# a C compiler, Python 3, network access to crates.io / PyPI, the `openssl` CLI (the
+# independent judge of the certificate authority's tests), and PostgreSQL on
 # 127.0.0.1:5432 (database `test`, trust auth; override with KMS_TEST_POSTGRES) for the
-# keystore tests, which fail under CI=true when it is unreachable and say so loudly
-# otherwise.
+# keystore tests. Under CI=true a missing PostgreSQL or openssl is a failure; elsewhere
+# the affected tests say so loudly and skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
