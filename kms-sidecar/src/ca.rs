@@ -21,6 +21,19 @@ use crate::kms::{Kms, KmsError};
 
 /// Root-key wrapping purpose of the CA's private key.
 const CA_KEY_PURPOSE: &str = "pki/issuing-ca";
+
+/// The wrap purpose binds the CA key to the rest of its stored record (certificate,
+/// parents, policy): someone who can write to the database but lacks the root key cannot
+/// swap in another root or widen the policy without the key failing to unwrap.
+fn key_purpose(certificate: &[u8], parents: &[Vec<u8>], policy: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [certificate, &crate::keystore::encode_parents(parents), policy.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    format!("{CA_KEY_PURPOSE}/{}", hex::encode(h.finalize()))
+}
 /// How long a CRL is valid; clients fetch a new one by then.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -98,9 +111,7 @@ pub struct CaInfo {
 impl Kms {
     /// Creates the keystore's CA. `AlreadyExists` if it has one.
     pub fn init_ca(&self, init: &CaInit) -> Result<CaInfo, KmsError> {
-        for san in init.policy.dns.iter() {
-            crypto_core::pki::SubjectAltName::Dns(san.clone()).validate()?;
-        }
+        init.policy.validate()?;
         let now = SystemTime::now();
         let options = CaOptions {
             key_type: init.key_type,
@@ -110,11 +121,13 @@ impl Kms {
         };
         let ca = CertificateAuthority::new_root(&options, now)?;
         let key = ca.private_key().to_pkcs8_der();
+        let (certificate, policy) = (ca.certificate_der().to_vec(), policy_to_json(&init.policy));
+        let purpose = key_purpose(&certificate, &[], &policy);
         let stored = StoredCa {
-            certificate: ca.certificate_der().to_vec(),
+            wrapped_key: self.root().wrap_secret(&purpose, key.expose_secret()),
+            certificate,
             parents: Vec::new(),
-            wrapped_key: self.root().wrap_secret(CA_KEY_PURPOSE, key.expose_secret()),
-            policy: policy_to_json(&init.policy),
+            policy,
             created_at: unix(now),
         };
         self.store().put_ca(&stored)?;
@@ -130,12 +143,17 @@ impl Kms {
             return Ok(ca.clone());
         }
         let stored = self.store().get_ca()?;
-        let der = self
-            .root()
-            .unwrap_secret(CA_KEY_PURPOSE, &stored.wrapped_key)
-            .map_err(|_| KmsError::Internal("the CA key does not unwrap under this root key".into()))?;
-        let key = PrivateKey::from_pkcs8_der(&der)?;
-        let ca = Arc::new(CertificateAuthority::from_parts(&stored.certificate, &stored.parents, key)?);
+        let purpose = key_purpose(&stored.certificate, &stored.parents, &stored.policy);
+        let der = self.root().unwrap_secret(&purpose, &stored.wrapped_key).map_err(|_| {
+            KmsError::Internal(
+                "the stored CA does not unwrap under this root key (wrong root key, or the record was altered)".into(),
+            )
+        })?;
+        // Stored data that does not load is the server's problem, not the caller's.
+        let internal = |e: PkiError| KmsError::Internal(format!("stored CA: {e}"));
+        let key = PrivateKey::from_pkcs8_der(&der).map_err(internal)?;
+        let ca =
+            Arc::new(CertificateAuthority::from_parts(&stored.certificate, &stored.parents, key).map_err(internal)?);
         *self.ca.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone());
         Ok(ca)
     }
@@ -200,23 +218,17 @@ impl Kms {
     /// store and [`CRL_VALIDITY`]; returns it with its number.
     pub fn crl(&self) -> Result<(Vec<u8>, u64), KmsError> {
         let ca = self.load_ca()?;
-        let revoked = self
-            .store()
-            .list_certificates()?
-            .into_iter()
-            .filter_map(|c| {
-                let at = c.revoked_at?;
-                Some(Revocation {
-                    serial: Serial::parse(&c.serial).ok()?,
-                    reason: c
-                        .revoke_reason
-                        .and_then(RevocationReason::from_code)
-                        .unwrap_or(RevocationReason::Unspecified),
-                    revoked_at: UNIX_EPOCH + Duration::from_secs(at.max(0) as u64),
-                })
-            })
-            .collect::<Vec<_>>();
-        let number = self.store().next_crl_number()?;
+        let (number, records) = self.store().crl_snapshot()?;
+        let mut revoked = Vec::with_capacity(records.len());
+        for c in records {
+            let serial =
+                Serial::parse(&c.serial).map_err(|_| KmsError::Internal(format!("stored serial {:?}", c.serial)))?;
+            revoked.push(Revocation {
+                serial,
+                reason: c.revoke_reason.and_then(RevocationReason::from_code).unwrap_or(RevocationReason::Unspecified),
+                revoked_at: UNIX_EPOCH + Duration::from_secs(c.revoked_at.unwrap_or(0).max(0) as u64),
+            });
+        }
         let now = SystemTime::now();
         Ok((ca.crl(&revoked, number, now, now + CRL_VALIDITY)?, number))
     }

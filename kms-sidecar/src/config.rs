@@ -294,6 +294,12 @@ impl ServeArgs {
                     addr.parse().map_err(|_| invalid("listen", format!("{l:?}: expected tcp://IP:PORT")))?;
                 let source = if auto {
                     let mut names = tls_names.clone();
+                    if names.is_empty() && addr.ip().is_unspecified() {
+                        return Err(invalid(
+                            "tls_name",
+                            format!("{l}: a wildcard address is no name for a certificate; give --tls-name"),
+                        ));
+                    }
                     if names.is_empty() {
                         names.push(crypto_core::pki::SubjectAltName::Ip(addr.ip()));
                         if addr.ip().is_loopback() {
@@ -368,6 +374,10 @@ impl ServeArgs {
         )?;
         if tls_auto_ttl < Duration::from_secs(1) || tls_refresh_interval.is_zero() {
             return Err(invalid("tls_auto_ttl", "tls_auto_ttl and tls_refresh_interval must be longer than 0"));
+        }
+        if tls_refresh_interval > tls_auto_ttl / 3 {
+            // Renewal is due at two thirds of the lifetime: a slower check could miss it.
+            return Err(invalid("tls_refresh_interval", "must be at most a third of tls_auto_ttl"));
         }
         if deletion_check_interval.is_zero() {
             return Err(invalid("deletion_check_interval", "must be longer than 0"));
@@ -465,6 +475,17 @@ mod tests {
         let Listen::Tcp(_, TlsSource::Auto(names)) = &s.listen[1] else { panic!("{:?}", s.listen) };
         assert_eq!(names.iter().map(ToString::to_string).collect::<Vec<_>>(), ["dns:kms.internal"]);
         assert!(ServeArgs { tls: Some("magic".into()), ..ServeArgs::default() }.resolve().is_err());
+        let wildcard =
+            ServeArgs { listen: vec!["tcp://0.0.0.0:8443".into()], tls: Some("auto".into()), ..ServeArgs::default() };
+        assert!(wildcard.resolve().unwrap_err().to_string().starts_with("tls_name:"));
+        let slow = ServeArgs {
+            listen: vec!["tcp://127.0.0.1:8443".into()],
+            tls: Some("auto".into()),
+            tls_auto_ttl: Some("60s".into()),
+            tls_refresh_interval: Some("30s".into()),
+            ..ServeArgs::default()
+        };
+        assert!(slow.resolve().unwrap_err().to_string().starts_with("tls_refresh_interval:"));
         assert!(ServeArgs { tls_name: vec!["bogus".into()], ..ServeArgs::default() }.resolve().is_err());
     }
 

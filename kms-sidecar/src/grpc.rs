@@ -196,6 +196,16 @@ pub fn wrapped_from_pb(w: pb::WrappedDataKey) -> crypto_core::provider::WrappedK
     }
 }
 
+/// The CA's administrative RPCs (create the CA, issue with any name, revoke) are served
+/// only on the local Unix socket until role-based authorization exists: over mTLS, any
+/// holder of a client certificate could otherwise mint certificates for any name.
+fn local_only<T>(r: &Request<T>) -> Result<(), Status> {
+    if r.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
+        return Ok(());
+    }
+    Err(Status::permission_denied("this CA operation is allowed only on the local Unix socket"))
+}
+
 fn key_type(name: &str) -> Result<crypto_core::pki::KeyType, KmsError> {
     if name.is_empty() {
         Ok(crypto_core::pki::KeyType::default())
@@ -477,6 +487,7 @@ impl KmsRpc for KmsService {
     }
 
     async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
+        local_only(&r)?;
         let r = r.into_inner();
         self.run(move |k| {
             let policy = crypto_core::pki::SanPolicy {
@@ -503,6 +514,7 @@ impl KmsRpc for KmsService {
         &self,
         r: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        local_only(&r)?;
         let r = r.into_inner();
         self.run(move |k| {
             let request = crypto_core::pki::LeafRequest {
@@ -531,6 +543,7 @@ impl KmsRpc for KmsService {
         &self,
         r: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::CertificateInfo>, Status> {
+        local_only(&r)?;
         let r = r.into_inner();
         self.run(move |k| {
             let reason = if r.reason.is_empty() {

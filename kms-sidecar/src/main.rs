@@ -88,34 +88,54 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let purge = tokio::spawn(deletion_job(served.clone(), settings.deletion_check_interval));
-        // One signal stops every listener.
+        // Every --tls auto identity is set up before any listener starts, so a failure there
+        // stops the start instead of leaving half the listeners running.
+        let mut prepared = Vec::new();
+        for listen in settings.listen.clone() {
+            let auto = match &listen {
+                Listen::Tcp(_, TlsSource::Auto(names)) => {
+                    let (k, names, ttl) = (served.clone(), names.clone(), settings.tls_auto_ttl);
+                    let auto = tokio::task::spawn_blocking(move || AutoTls::new(k, names, ttl))
+                        .await
+                        .map_err(|_| ServeError::Tls("setup panicked".into()))?
+                        .map_err(|e| ServeError::Tls(format!("--tls auto: {e}")))?;
+                    Some(auto)
+                }
+                _ => None,
+            };
+            prepared.push((listen, auto));
+        }
+        // One signal stops every listener; so does the failure of any one of them.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let signals = stop_tx.clone();
         tokio::spawn(async move {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return,
+                // No handler: run until killed (never report a stop that did not happen).
+                Err(_) => return std::future::pending::<()>().await,
             };
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
             tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
+            let _ = signals.send(true);
         });
         let limits = settings.limits;
         let mut servers = tokio::task::JoinSet::new();
-        for listen in settings.listen.clone() {
+        for (listen, auto) in prepared {
             let mut stop = stop_rx.clone();
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
             let kms = served.clone();
-            match listen {
-                Listen::Unix(socket) => {
+            match (listen, auto) {
+                (Listen::Unix(socket), _) => {
                     tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
                     servers.spawn(async move { serve_unix(kms, &socket, settings.socket_mode, limits, shutdown).await });
                 }
-                Listen::Tcp(addr, TlsSource::Files(tls)) => {
+                (Listen::Tcp(addr, TlsSource::Files(tls)), _) => {
                     tracing::info!(
                         listen = %format!("tcp://{addr}"),
                         keystore = backend,
@@ -124,13 +144,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     );
                     servers.spawn(async move { serve_tcp_tls(kms, addr, &tls, limits, shutdown).await });
                 }
-                Listen::Tcp(addr, TlsSource::Auto(names)) => {
-                    let (ttl, refresh) = (settings.tls_auto_ttl, settings.tls_refresh_interval);
-                    let k = kms.clone();
-                    let auto = tokio::task::spawn_blocking(move || AutoTls::new(k, names, ttl))
-                        .await
-                        .map_err(|_| ServeError::Tls("setup panicked".into()))?
-                        .map_err(|e| ServeError::Tls(format!("--tls auto: {e}")))?;
+                (Listen::Tcp(addr, TlsSource::Auto(_)), Some(auto)) => {
+                    let refresh = settings.tls_refresh_interval;
                     tracing::info!(
                         listen = %format!("tcp://{addr}"),
                         keystore = backend,
@@ -139,17 +154,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     );
                     servers.spawn(async move { serve_tcp_auto(kms, addr, auto, refresh, limits, shutdown).await });
                 }
+                (Listen::Tcp(..), None) => return Err(ServeError::Tls("internal: --tls auto listener not prepared".into())),
             }
         }
-        // The first listener to fail stops the others (and the process, with its error).
+        // The first listener to fail stops the others gracefully; its error is the result.
         let mut result = Ok(());
         while let Some(done) = servers.join_next().await {
             let outcome = done.map_err(|_| ServeError::Listener("panicked".into())).and_then(|r| r);
             if let Err(e) = outcome {
                 if result.is_ok() {
+                    tracing::error!(error = %e, "a listener failed; stopping the others");
                     result = Err(e);
                 }
-                servers.abort_all();
+                let _ = stop_tx.send(true);
             }
         }
         purge.abort();

@@ -24,6 +24,8 @@ use crate::kms::{Kms, KmsError};
 const RENEW_AT: f64 = 2.0 / 3.0;
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 256;
 
 /// The server's current certificate and key.
 struct Identity {
@@ -52,12 +54,7 @@ fn tls_err(e: impl std::fmt::Display) -> KmsError {
 }
 
 fn pem_certificates(pem_text: &str) -> Result<Vec<CertificateDer<'static>>, KmsError> {
-    let blocks = pem::parse_many(pem_text).map_err(tls_err)?;
-    Ok(blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| CertificateDer::from(b.into_contents()))
-        .collect())
+    Ok(crypto_core::pki::decode_certificates(pem_text.as_bytes())?.into_iter().map(CertificateDer::from).collect())
 }
 
 impl AutoTls {
@@ -133,13 +130,21 @@ impl AutoTls {
         let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
         let leaf = identity.chain.first().map(|c| c.to_vec()).unwrap_or_default();
         let due = needs_renewal(&leaf, RENEW_AT, SystemTime::now()).unwrap_or(true);
+        let mut renewal = Ok(false);
         if due {
-            *identity = Self::issue(&self.kms, &self.names, self.ttl)?;
-            tracing::info!(serial = %identity.serial, "TLS server certificate renewed");
+            match Self::issue(&self.kms, &self.names, self.ttl) {
+                Ok(fresh) => {
+                    *identity = fresh;
+                    tracing::info!(serial = %identity.serial, "TLS server certificate renewed");
+                    renewal = Ok(true);
+                }
+                // Keep serving the current certificate, but still take in the fresh CRL.
+                Err(e) => renewal = Err(e),
+            }
         }
         let acceptor = Self::acceptor_for(&self.kms, &identity)?;
         *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
-        Ok(due)
+        renewal
     }
 
     /// Serial of the certificate served now.
@@ -163,25 +168,35 @@ pub(crate) async fn incoming(
 > {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // Both tasks end when the server drops the receiving side (shutdown).
     let refresher = tls.clone();
+    let closed = tx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(refresh);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = closed.closed() => break,
+                _ = tick.tick() => {}
+            }
             let t = refresher.clone();
             match tokio::task::spawn_blocking(move || t.refresh()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "TLS refresh failed; serving the previous certificate and CRL")
+                    tracing::warn!(error = %e, "TLS refresh: renewal failed; still serving the current certificate")
                 }
                 Err(_) => tracing::error!("TLS refresh panicked"),
             }
         }
     });
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = tx.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -189,12 +204,16 @@ pub(crate) async fn incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                break;
-            }
+            let _ = tcp.set_nodelay(true);
+            // Past the bound, a new connection is dropped rather than queued.
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many TLS handshakes in progress; connection dropped");
+                continue;
+            };
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
@@ -208,8 +227,8 @@ pub(crate) async fn incoming(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// The caller's identity: on mTLS, the client certificate's first URI SAN, else its CN
-/// (`cert:<value>`); on the Unix socket, the peer's uid (`unix:uid=<n>`).
+/// The caller's identity: on mTLS, the client certificate's first URI SAN (`cert:<uri>`),
+/// else its CN (`cert-cn:<cn>`); on the Unix socket, the peer's uid (`unix:uid=<n>`).
 pub fn client_identity<T>(request: &tonic::Request<T>) -> Option<String> {
     if let Some(certs) = request.peer_certs()
         && let Some(leaf) = certs.first()
@@ -223,8 +242,9 @@ pub fn client_identity<T>(request: &tonic::Request<T>) -> Option<String> {
                 }
             }
         }
+        // Labelled apart from URI identities, so a CN can never pass for a SPIFFE ID.
         let cn = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok().map(str::to_owned))?;
-        return Some(format!("cert:{cn}"));
+        return Some(format!("cert-cn:{cn}"));
     }
     let uds = request.extensions().get::<tonic::transport::server::UdsConnectInfo>()?;
     uds.peer_cred.map(|c| format!("unix:uid={}", c.uid()))

@@ -261,3 +261,37 @@ fn a_version_rotated_in_by_another_sidecar_decrypts_at_once() {
     assert_eq!(b.decrypt(&v2, &c).unwrap().0.expose_secret(), b"two");
     assert_eq!(b.cache_only(|k| k.decrypt(&v2, &c)).unwrap().0.expose_secret(), b"two");
 }
+
+#[test]
+fn an_altered_ca_record_does_not_load() {
+    use crypto_core::pki::{KeyType, LeafRequest, SanPolicy, SubjectAltName, Usage};
+    let dir = tempfile::tempdir().unwrap();
+    let init = kms_sidecar::ca::CaInit {
+        common_name: "CA".into(),
+        key_type: KeyType::EcdsaP256,
+        ttl: std::time::Duration::from_secs(86_400),
+        policy: SanPolicy { dns: vec!["*.a.svc".into()], ..SanPolicy::default() },
+    };
+    open(dir.path()).init_ca(&init).unwrap();
+    let request = LeafRequest {
+        common_name: "x.a.svc".into(),
+        sans: vec![SubjectAltName::Dns("x.a.svc".into())],
+        key_type: KeyType::EcdsaP256,
+        ttl: std::time::Duration::from_secs(3600),
+        usage: Usage::Server,
+    };
+    open(dir.path()).issue_certificate(&request).unwrap();
+    // Someone with write access to the database (but not the root key) widens the policy.
+    let db = rusqlite::Connection::open(dir.path().join("keystore.db")).unwrap();
+    db.execute("UPDATE pki_ca SET policy = '{\"dns\":[\"*.com\"]}'", []).unwrap();
+    drop(db);
+    let e = open(dir.path()).issue_certificate(&request).unwrap_err();
+    assert!(matches!(e, KmsError::Internal(_)), "{e}");
+    // A policy with a prefix that is not a URI ending in / is refused at init.
+    let bad = kms_sidecar::ca::CaInit {
+        policy: SanPolicy { uri_prefixes: vec!["spiffe://x/ns/a".into()], ..SanPolicy::default() },
+        ..init
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    assert!(matches!(open(dir2.path()).init_ca(&bad), Err(KmsError::InvalidArgument(_))));
+}

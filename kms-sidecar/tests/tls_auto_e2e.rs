@@ -139,6 +139,52 @@ fn tls_auto_mtls_identity_revocation_and_hot_renewal() {
     let tls = ["--ca-cert", &f("bundle.pem"), "--client-cert", &f("client.pem"), "--client-key", &f("client.key")];
     assert_eq!(ok(&https, &tls, &["whoami"]).trim(), "cert:spiffe://test.local/ns/a/sa/client");
     ok(&https, &tls, &["key", "create", "t/over-tls"]);
+    // The CA's administrative calls are refused over the network: a client certificate
+    // must not be able to mint certificates for any name or revoke others.
+    let refused = kmsctl(
+        &https,
+        &tls,
+        &[
+            "cert",
+            "issue",
+            "--cn",
+            "kms-sidecar",
+            "--san",
+            "ip:127.0.0.1",
+            "--key-type",
+            "p256",
+            "--out-cert",
+            &f("x.pem"),
+            "--out-key",
+            &f("x.key"),
+        ],
+    );
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("PERMISSION_DENIED"));
+    let refused = kmsctl(&https, &tls, &["cert", "revoke", "--serial", "01", "--reason", "keyCompromise"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("PERMISSION_DENIED"));
+    // A certificate without a URI SAN is known by its CN, labelled as such.
+    ok(
+        &unix,
+        &[],
+        &[
+            "cert",
+            "issue",
+            "--cn",
+            "client-2",
+            "--key-type",
+            "ed25519",
+            "--usage",
+            "client",
+            "--ttl",
+            "1d",
+            "--out-cert",
+            &f("client2.pem"),
+            "--out-key",
+            &f("client2.key"),
+        ],
+    );
+    let tls2 = ["--ca-cert", &f("bundle.pem"), "--client-cert", &f("client2.pem"), "--client-key", &f("client2.key")];
+    assert_eq!(ok(&https, &tls2, &["whoami"]).trim(), "cert-cn:client-2");
     let out = kmsctl(&https, &["--ca-cert", &f("bundle.pem")], &["key", "list"]);
     assert!(!out.status.success());
 

@@ -13,7 +13,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::keys::{PrivateKey, pem_encode, rsa_public_bits};
+use super::keys::{PrivateKey, pem_encode, rcgen_err, rsa_public_bits};
 use super::names::{RevocationReason, SanPolicy, Serial, SubjectAltName};
 use super::{KeyType, PkiError, decode_pem_or_der, system_time};
 
@@ -28,6 +28,8 @@ const BACKDATE: Duration = Duration::from_secs(60);
 fn backdate(ttl: Duration) -> Duration {
     BACKDATE.min(ttl / 4)
 }
+/// Longest lifetime of a CA certificate.
+pub const MAX_CA_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Longest lifetime of a leaf certificate.
 pub const MAX_LEAF_TTL: Duration = Duration::from_secs(398 * 86_400);
 
@@ -151,10 +153,6 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
-fn rcgen_err(e: rcgen::Error) -> PkiError {
-    PkiError::Crypto(e.to_string())
-}
-
 fn odt(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
@@ -163,8 +161,8 @@ fn ca_params(options: &CaOptions, now: SystemTime) -> Result<CertificateParams, 
     if options.common_name.trim().is_empty() {
         return Err(PkiError::InvalidName("CA common name is empty".into()));
     }
-    if options.ttl.is_zero() {
-        return Err(PkiError::InvalidValidity("CA lifetime must be longer than 0".into()));
+    if options.ttl.is_zero() || options.ttl > MAX_CA_TTL {
+        return Err(PkiError::InvalidValidity("CA lifetime must be between 1 s and 100 years".into()));
     }
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -209,7 +207,7 @@ impl CertificateAuthority {
 
     /// A new intermediate CA signed by this one. Its lifetime may not exceed this CA's.
     pub fn new_intermediate(&self, options: &CaOptions, now: SystemTime) -> Result<Self, PkiError> {
-        if now + options.ttl > self.not_after {
+        if now.checked_add(options.ttl).is_none_or(|end| end > self.not_after) {
             return Err(PkiError::InvalidValidity("the intermediate would outlive its issuer".into()));
         }
         let key = PrivateKey::generate(options.key_type)?;
@@ -361,7 +359,7 @@ impl CertificateAuthority {
                 MAX_LEAF_TTL.as_secs() / 86_400
             )));
         }
-        if now + ttl > self.not_after {
+        if now.checked_add(ttl).is_none_or(|end| end > self.not_after) {
             return Err(PkiError::InvalidValidity("the certificate would outlive its CA".into()));
         }
         let mut params = CertificateParams::default();
@@ -475,7 +473,12 @@ impl CertificateAuthority {
             })
             .transpose()?
             .unwrap_or_default();
-        if !common_name.is_empty() && !policy_allows_cn(policy, &common_name, &sans) {
+        // The CN must itself be a well-formed DNS name (no URI, NUL or other smuggling) and
+        // one of the requested names or an allowed one.
+        if !common_name.is_empty()
+            && (SubjectAltName::Dns(common_name.clone()).validate().is_err()
+                || !policy_allows_cn(policy, &common_name, &sans))
+        {
             return Err(PkiError::SanNotAllowed(format!("common name {common_name:?}")));
         }
         let (params, serial) = self.leaf_params(&common_name, &sans, ttl, usage, rsa, now)?;
@@ -508,7 +511,8 @@ impl CertificateAuthority {
             return Err(PkiError::InvalidValidity("CRL next update must be after this update".into()));
         }
         let params = CertificateRevocationListParams {
-            this_update: odt(this_update),
+            // Back-dated like certificates, so a verifier with a slightly slow clock accepts it.
+            this_update: odt(this_update - backdate(next_update.duration_since(this_update).unwrap_or_default())),
             next_update: odt(next_update),
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
@@ -532,15 +536,16 @@ impl CertificateAuthority {
 fn policy_allows_cn(policy: &SanPolicy, cn: &str, sans: &[SubjectAltName]) -> bool {
     sans.iter().any(|s| matches!(s, SubjectAltName::Dns(d) if d.eq_ignore_ascii_case(cn)))
         || policy.allows(&SubjectAltName::Dns(cn.to_owned()))
-        || sans.iter().any(|s| matches!(s, SubjectAltName::Uri(u) if u == cn))
 }
 
-fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, PkiError> {
-    match bytes.len() {
-        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|_| PkiError::Malformed("IP SAN".into()))?)),
-        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).map_err(|_| PkiError::Malformed("IP SAN".into()))?)),
-        n => Err(PkiError::Malformed(format!("IP SAN of {n} bytes"))),
+/// An IP address from its 4 or 16 bytes (as in a SAN).
+pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, PkiError> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::from(v4));
     }
+    <[u8; 16]>::try_from(bytes)
+        .map(IpAddr::from)
+        .map_err(|_| PkiError::Malformed(format!("IP SAN of {} bytes", bytes.len())))
 }
 
 /// Accepts RSA ≥ 2048 bits, ECDSA P-256/P-384 and Ed25519; returns whether it is RSA.
@@ -557,7 +562,7 @@ pub(crate) fn check_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_
             }
             Ok(true)
         }
-        PublicKey::EC(point) => {
+        PublicKey::EC(_) => {
             let curve = spki
                 .algorithm
                 .parameters
@@ -567,7 +572,6 @@ pub(crate) fn check_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_
             if curve != x509_parser::oid_registry::OID_EC_P256 && curve != x509_parser::oid_registry::OID_NIST_EC_P384 {
                 return Err(PkiError::UnsupportedKey(format!("EC curve {curve} (use P-256 or P-384)")));
             }
-            let _ = point;
             Ok(false)
         }
         PublicKey::Unknown(_) if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => Ok(false),

@@ -92,8 +92,16 @@ impl std::fmt::Debug for PrivateKey {
     }
 }
 
-fn rcgen_err(e: rcgen::Error) -> PkiError {
+pub(crate) fn rcgen_err(e: rcgen::Error) -> PkiError {
     PkiError::Crypto(e.to_string())
+}
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        // rcgen keeps a DER copy of the key beside aws-lc's own (which aws-lc cleanses
+        // when it frees it): wipe the copy.
+        zeroize::Zeroize::zeroize(&mut self.pair);
+    }
 }
 
 impl PrivateKey {

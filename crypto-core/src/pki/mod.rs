@@ -10,7 +10,8 @@
 //! * [`KeyType`] (RSA-2048 default, RSA-3072/4096, ECDSA P-256/P-384, Ed25519) and
 //!   [`PrivateKey`] (a secret: zeroized, never printed);
 //! * [`SubjectAltName`], [`SanPolicy`], [`Serial`], [`RevocationReason`];
-//! * [`verify_chain`] and [`ChainError`]; [`needs_renewal`]; [`to_pem`].
+//! * [`verify_chain`] and [`ChainError`]; [`needs_renewal`]; [`to_pem`],
+//!   [`decode_certificates`], [`split_bundle`].
 //!
 //! Certificates are built by `rcgen`, parsed by `x509-parser`; every private-key operation
 //! (key generation, signing) and every signature verification runs in aws-lc-rs. RSA
@@ -55,7 +56,9 @@ mod keys;
 mod names;
 mod verify;
 
-pub use ca::{CaOptions, CertificateAuthority, IssuedCertificate, LeafRequest, MAX_LEAF_TTL, Revocation, Usage};
+pub use ca::{
+    CaOptions, CertificateAuthority, IssuedCertificate, LeafRequest, MAX_CA_TTL, MAX_LEAF_TTL, Revocation, Usage,
+};
 pub use keys::{KeyType, PrivateKey};
 pub use names::{RevocationReason, SanPolicy, Serial, SubjectAltName};
 pub use verify::{ChainError, VerifiedChain, needs_renewal, verify_chain};
@@ -106,6 +109,40 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
     keys::pem_encode(label, der)
 }
 
+/// The certificates (DER) in `input` (PEM blocks labelled CERTIFICATE, or one DER).
+pub fn decode_certificates(input: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    decode_pem_or_der_many(input, "CERTIFICATE")
+}
+
+/// Splits a bundle into trust anchors (self-signed certificates) and the intermediates
+/// between them and the leaves, so a verifier trusts only the roots and still checks the
+/// intermediates (validity, constraints, revocation).
+pub fn split_bundle(bundle: &[u8]) -> Result<Bundle, PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (mut anchors, mut intermediates) = (Vec::new(), Vec::new());
+    for der in decode_certificates(bundle)? {
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| PkiError::Malformed(format!("bundle: {e}")))?;
+        if cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok() {
+            anchors.push(der);
+        } else {
+            intermediates.push(der);
+        }
+    }
+    if anchors.is_empty() {
+        return Err(PkiError::Malformed("bundle has no self-signed root".into()));
+    }
+    Ok(Bundle { anchors, intermediates })
+}
+
+/// A CA bundle split by [`split_bundle`] (DER certificates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// Self-signed roots: the trust anchors.
+    pub anchors: Vec<Vec<u8>>,
+    /// Everything else.
+    pub intermediates: Vec<Vec<u8>>,
+}
+
 /// Seconds since the Unix epoch (possibly negative) as a `SystemTime`.
 pub(crate) fn system_time(secs: i64) -> SystemTime {
     if secs >= 0 {
@@ -118,11 +155,10 @@ pub(crate) fn system_time(secs: i64) -> SystemTime {
 /// The DER inside one PEM block labelled `label`, or `input` itself when it is not PEM.
 pub(crate) fn decode_pem_or_der(input: &[u8], label: &str) -> Result<Vec<u8>, PkiError> {
     let mut all = decode_pem_or_der_many(input, label)?;
-    match all.len() {
-        1 => Ok(all.remove(0)),
-        0 => Err(PkiError::Malformed(format!("no {label} found"))),
-        _ => Ok(all.remove(0)),
+    if all.is_empty() {
+        return Err(PkiError::Malformed(format!("no {label} found")));
     }
+    Ok(all.swap_remove(0))
 }
 
 /// Every PEM block labelled `label` in `input` (other blocks skipped), or `input` as one

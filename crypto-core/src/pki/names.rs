@@ -56,13 +56,23 @@ impl SubjectAltName {
             }
             SubjectAltName::Ip(_) => Ok(()),
             SubjectAltName::Uri(uri) => {
+                let bad = |why: &str| PkiError::InvalidName(format!("uri:{uri}: {why}"));
                 let scheme_ok = uri.split_once(':').is_some_and(|(s, rest)| {
                     !s.is_empty()
                         && !rest.is_empty()
                         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
                 });
-                if !scheme_ok || uri.len() > 2048 || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                    return Err(PkiError::InvalidName(format!("uri:{uri}: not a URI (scheme:rest, no spaces)")));
+                if !scheme_ok || uri.len() > 2048 || uri.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                    return Err(bad("not a URI (scheme:rest, printable ASCII, no spaces)"));
+                }
+                // Names are compared by prefix: refuse every form with two spellings
+                // (escapes, dot segments) or extra parts (userinfo, query, fragment).
+                if uri.bytes().any(|b| b"%?#@\\".contains(&b)) {
+                    return Err(bad("no %-escapes, userinfo, query or fragment"));
+                }
+                let path = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest);
+                if path.split('/').any(|seg| seg == "." || seg == "..") {
+                    return Err(bad("no . or .. path segments"));
                 }
                 Ok(())
             }
@@ -99,11 +109,32 @@ pub struct SanPolicy {
     /// IP networks allowed, as (address, prefix length).
     pub ip: Vec<(IpAddr, u8)>,
     /// URI prefixes allowed (`spiffe://cluster.local/ns/tenant-a/`); a URI must start with
-    /// one of them, compared byte for byte.
+    /// one of them, compared byte for byte. A prefix must end in `/` (so `…/ns/a/` does not
+    /// match `…/ns/admin`); one that does not matches nothing (see [`SanPolicy::validate`]).
     pub uri_prefixes: Vec<String>,
 }
 
 impl SanPolicy {
+    /// Checks the policy itself: DNS patterns are DNS names (a leading `*.` allowed), URI
+    /// prefixes are URIs ending in `/`, networks have valid prefix lengths.
+    pub fn validate(&self) -> Result<(), PkiError> {
+        for d in &self.dns {
+            SubjectAltName::Dns(d.clone()).validate()?;
+        }
+        for p in &self.uri_prefixes {
+            if !p.ends_with('/') || p.len() < 4 {
+                return Err(PkiError::InvalidName(format!("URI prefix {p:?} must be a URI ending in /")));
+            }
+            SubjectAltName::Uri(p.clone()).validate()?;
+        }
+        for (ip, prefix) in &self.ip {
+            if u32::from(*prefix) > if ip.is_ipv4() { 32 } else { 128 } {
+                return Err(PkiError::InvalidName(format!("network {ip}/{prefix}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `san` is allowed.
     pub fn allows(&self, san: &SubjectAltName) -> bool {
         match san {
@@ -124,12 +155,15 @@ impl SanPolicy {
                 })
             }
             SubjectAltName::Ip(ip) => self.ip.iter().any(|(net, prefix)| ip_in(ip, net, *prefix)),
-            SubjectAltName::Uri(uri) => self.uri_prefixes.iter().any(|p| uri.starts_with(p.as_str())),
+            SubjectAltName::Uri(uri) => {
+                san.validate().is_ok()
+                    && self.uri_prefixes.iter().any(|p| p.ends_with('/') && p.len() >= 4 && uri.starts_with(p.as_str()))
+            }
         }
     }
 }
 
-fn ip_in(ip: &IpAddr, net: &IpAddr, prefix: u8) -> bool {
+pub(crate) fn ip_in(ip: &IpAddr, net: &IpAddr, prefix: u8) -> bool {
     fn matches(a: &[u8], b: &[u8], prefix: u8) -> bool {
         let full = usize::from(prefix / 8);
         if prefix as usize > a.len() * 8 || a[..full] != b[..full] {
@@ -295,6 +329,12 @@ mod tests {
             "uri:nope",
             "uri:a b:c",
             "x:y",
+            "uri:spiffe://c/ns/a/../b",
+            "uri:spiffe://c/ns/%61",
+            "uri:spiffe://c/x?y",
+            "uri:spiffe://c/x#y",
+            "uri:spiffe://u@c/x",
+            "dns:evil.com\0.svc.local",
         ] {
             assert!(SubjectAltName::parse(bad).is_err(), "{bad}");
         }
@@ -309,6 +349,10 @@ mod tests {
         assert!(!allowed("dns:svc.local") && !allowed("dns:evilsvc.local") && !allowed("dns:a.exact.internal"));
         assert!(!allowed("ip:10.2.0.1") && !allowed("ip:::1") && !allowed("uri:spiffe://c.local/ns/b/sa/w"));
         assert!(!SanPolicy::default().allows(&SubjectAltName::parse("dns:a.b").unwrap()));
+        // A prefix without its trailing slash matches nothing, and fails validation.
+        let loose = SanPolicy { uri_prefixes: vec!["spiffe://c.local/ns/a".into()], ..SanPolicy::default() };
+        assert!(!loose.allows(&SubjectAltName::parse("uri:spiffe://c.local/ns/admin/x").unwrap()));
+        assert!(loose.validate().is_err() && policy.validate().is_ok());
     }
 
     #[test]

@@ -110,11 +110,29 @@ pub struct VerifiedChain {
 }
 
 fn parse(der: &[u8], index: usize) -> Result<X509Certificate<'_>, ChainError> {
-    match X509Certificate::from_der(der) {
-        Ok(([], c)) => Ok(c),
-        Ok(_) => Err(ChainError::Malformed { index, reason: "trailing bytes".into() }),
-        Err(e) => Err(ChainError::Malformed { index, reason: e.to_string() }),
+    let cert = match X509Certificate::from_der(der) {
+        Ok(([], c)) => c,
+        Ok(_) => return Err(ChainError::Malformed { index, reason: "trailing bytes".into() }),
+        Err(e) => return Err(ChainError::Malformed { index, reason: e.to_string() }),
+    };
+    // Fail closed: an extension this verifier cannot read, or a critical one it does not
+    // understand, rejects the certificate (RFC 5280 §4.2).
+    for ext in cert.extensions() {
+        use x509_parser::extensions::ParsedExtension;
+        match ext.parsed_extension() {
+            ParsedExtension::ParseError { .. } => {
+                return Err(ChainError::Malformed { index, reason: format!("unreadable extension {}", ext.oid) });
+            }
+            ParsedExtension::UnsupportedExtension { .. } if ext.critical => {
+                return Err(ChainError::Malformed {
+                    index,
+                    reason: format!("unsupported critical extension {}", ext.oid),
+                });
+            }
+            _ => {}
+        }
     }
+    Ok(cert)
 }
 
 fn accepted_signature(c: &X509Certificate<'_>) -> bool {
@@ -149,34 +167,38 @@ fn check_issuer_is_ca(issuer: &X509Certificate<'_>, index: usize) -> Result<Opti
     if !bc.value.ca {
         return Err(not_ca());
     }
-    if let Ok(Some(ku)) = issuer.key_usage()
-        && !ku.value.key_cert_sign()
-    {
+    let ku = issuer.key_usage().map_err(|e| ChainError::Malformed { index, reason: e.to_string() })?;
+    if ku.is_some_and(|ku| !ku.value.key_cert_sign()) {
         return Err(not_ca());
     }
     Ok(bc.value.path_len_constraint)
 }
 
-fn names_of(c: &X509Certificate<'_>) -> Vec<SubjectAltName> {
+/// The DNS and IP names of a leaf for name-constraint checks: its SANs, or, without any,
+/// a common name that looks like a DNS name (legacy clients match on it).
+fn names_of(c: &X509Certificate<'_>) -> Result<Vec<SubjectAltName>, ChainError> {
     use x509_parser::extensions::GeneralName;
+    let malformed = |e: x509_parser::error::X509Error| ChainError::Malformed { index: 0, reason: e.to_string() };
     let mut names = Vec::new();
-    if let Ok(Some(san)) = c.subject_alternative_name() {
+    if let Some(san) = c.subject_alternative_name().map_err(malformed)? {
         for n in &san.value.general_names {
             match n {
                 GeneralName::DNSName(d) => names.push(SubjectAltName::Dns((*d).to_ascii_lowercase())),
-                GeneralName::IPAddress(b) if b.len() == 4 || b.len() == 16 => {
-                    let ip = if b.len() == 4 {
-                        std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
-                    } else {
-                        std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
-                    };
-                    names.push(SubjectAltName::Ip(ip));
-                }
+                GeneralName::IPAddress(b) => names.push(SubjectAltName::Ip(
+                    super::ca::ip_from_bytes(b)
+                        .map_err(|e| ChainError::Malformed { index: 0, reason: e.to_string() })?,
+                )),
                 _ => {}
             }
         }
+        return Ok(names);
     }
-    names
+    if let Some(cn) = c.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok())
+        && cn.contains('.')
+    {
+        names.push(SubjectAltName::Dns(cn.to_ascii_lowercase()));
+    }
+    Ok(names)
 }
 
 /// DNS and IP permitted subtrees of `ca` applied to `names`.
@@ -186,8 +208,17 @@ fn check_name_constraints(
     names: &[SubjectAltName],
 ) -> Result<(), ChainError> {
     use x509_parser::extensions::GeneralName;
-    let Ok(Some(nc)) = ca.name_constraints() else { return Ok(()) };
+    let nc = ca.name_constraints().map_err(|e| ChainError::Malformed { index: ca_index, reason: e.to_string() })?;
+    let Some(nc) = nc else { return Ok(()) };
+    // Fail closed on constraints this verifier does not enforce.
+    let unsupported = |reason: &str| ChainError::Malformed { index: ca_index, reason: reason.into() };
+    if nc.value.excluded_subtrees.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(unsupported("excluded name subtrees are not supported"));
+    }
     let Some(permitted) = &nc.value.permitted_subtrees else { return Ok(()) };
+    if permitted.iter().any(|s| !matches!(s.base, GeneralName::DNSName(_) | GeneralName::IPAddress(_))) {
+        return Err(unsupported("only DNS and IP name constraints are supported"));
+    }
     let dns: Vec<String> = permitted
         .iter()
         .filter_map(|s| match &s.base {
@@ -233,7 +264,8 @@ fn ip_in_net(ip: &std::net::IpAddr, net: &[u8]) -> bool {
 
 fn check_usage(leaf: &X509Certificate<'_>, usage: Option<Usage>) -> Result<(), ChainError> {
     let Some(usage) = usage else { return Ok(()) };
-    let Ok(Some(eku)) = leaf.extended_key_usage() else { return Ok(()) };
+    let eku = leaf.extended_key_usage().map_err(|e| ChainError::Malformed { index: 0, reason: e.to_string() })?;
+    let Some(eku) = eku else { return Ok(()) };
     let e = eku.value;
     let (server, client) = (e.any || e.server_auth, e.any || e.client_auth);
     match usage {
@@ -311,7 +343,7 @@ pub fn verify_chain(
     let leaf_cert = parse(&leaf_der, 0)?;
     check_time(&leaf_cert, 0, at)?;
     check_usage(&leaf_cert, usage)?;
-    let leaf_names = names_of(&leaf_cert);
+    let leaf_names = names_of(&leaf_cert)?;
 
     let mut path = vec![leaf_der.clone()];
     loop {

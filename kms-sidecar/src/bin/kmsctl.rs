@@ -252,10 +252,15 @@ fn verify_offline(bundle: &Path, crl: Option<&Path>, usage: Option<&str>, cert: 
         Some(p) => vec![read_file(p)?],
         None => Vec::new(),
     };
+    // Trust only the bundle's self-signed roots; its other certificates are intermediates,
+    // checked like any other (validity, constraints, revocation).
+    let crypto_core::pki::Bundle { anchors, mut intermediates } =
+        crypto_core::pki::split_bundle(&read_file(bundle)?).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    intermediates.push(cert_bytes.clone());
     let chain = crypto_core::pki::verify_chain(
         &cert_bytes,
-        std::slice::from_ref(&cert_bytes),
-        &[read_file(bundle)?],
+        &intermediates,
+        &anchors,
         &crls,
         usage,
         std::time::SystemTime::now(),

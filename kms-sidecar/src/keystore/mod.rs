@@ -251,6 +251,11 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The next CRL number (strictly increasing across all sidecars sharing the store).
     fn next_crl_number(&self) -> Result<u64, StoreError>;
 
+    /// What a new CRL lists, taken atomically with its number: a CRL with a higher number
+    /// always lists every revocation a lower-numbered one did (revocations and CRL
+    /// snapshots serialise on the CA row).
+    fn crl_snapshot(&self) -> Result<(u64, Vec<CertificateRecord>), StoreError>;
+
     /// Adds an issued certificate to the inventory.
     fn add_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
 

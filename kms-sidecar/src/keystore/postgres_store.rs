@@ -322,6 +322,27 @@ impl KeyStore for PostgresStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))
     }
 
+    fn crl_snapshot(&self) -> Result<(u64, Vec<CertificateRecord>), StoreError> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        // The UPDATE locks the CA row until commit; revocations take the same lock first.
+        let row = tx
+            .query_opt("UPDATE pki_ca SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number", &[])?
+            .ok_or_else(|| StoreError::NotFound("the CA".into()))?;
+        let n: i64 = row.get(0);
+        let revoked = tx
+            .query(
+                "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+                 FROM pki_certificates WHERE revoked_at IS NOT NULL ORDER BY serial",
+                &[],
+            )?
+            .iter()
+            .map(certificate_from_row)
+            .collect();
+        tx.commit()?;
+        Ok((u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))?, revoked))
+    }
+
     fn add_certificate(&self, c: &CertificateRecord) -> Result<(), StoreError> {
         let n = self.client().execute(
             "INSERT INTO pki_certificates (serial, common_name, sans, not_after, issued_at) VALUES ($1, $2, $3, $4, $5)
@@ -346,6 +367,8 @@ impl KeyStore for PostgresStore {
     fn revoke_certificate(&self, serial: &str, reason: u8, now: i64) -> Result<CertificateRecord, StoreError> {
         let mut client = self.client();
         let mut tx = client.transaction()?;
+        // Serialise with CRL snapshots (see crl_snapshot).
+        tx.execute("SELECT 1 FROM pki_ca WHERE id = 1 FOR UPDATE", &[])?;
         tx.execute(
             "UPDATE pki_certificates SET revoked_at = $2, revoke_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
             &[&serial, &now, &i32::from(reason)],

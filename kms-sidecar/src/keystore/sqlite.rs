@@ -349,6 +349,27 @@ impl KeyStore for SqliteStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))
     }
 
+    fn crl_snapshot(&self) -> Result<(u64, Vec<CertificateRecord>), StoreError> {
+        let mut conn = self.conn();
+        // IMMEDIATE: the database's write lock, which revocations also take.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n: Option<i64> = tx
+            .query_row("UPDATE pki_ca SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let n = n.ok_or_else(|| StoreError::NotFound("the CA".into()))?;
+        let revoked = {
+            let mut stmt = tx.prepare(
+                "SELECT serial, common_name, sans, not_after, issued_at, revoked_at, revoke_reason
+                 FROM pki_certificates WHERE revoked_at IS NOT NULL ORDER BY serial",
+            )?;
+            stmt.query_map([], certificate_from_row)?.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok((u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("CRL number {n}")))?, revoked))
+    }
+
     fn add_certificate(&self, c: &CertificateRecord) -> Result<(), StoreError> {
         let n = self.conn().execute(
             "INSERT INTO pki_certificates (serial, common_name, sans, not_after, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
