@@ -4,32 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
-use common::Sidecar;
-
-fn kmsctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kmsctl"))
-        .env("KMS_ENDPOINT", format!("unix://{}", socket.display()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = kmsctl(socket, args);
-    assert!(out.status.success(), "kmsctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(socket: &Path, args: &[&str]) -> String {
-    let out = kmsctl(socket, args);
-    assert!(!out.status.success(), "kmsctl {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error, got {err:?}");
-    err
-}
+use common::{Sidecar, fails, ok};
 
 fn no_partial_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {

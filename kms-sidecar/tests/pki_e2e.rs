@@ -4,50 +4,11 @@
 //! verify, restart. On SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 mod common;
-use common::Sidecar;
-
-fn kmsctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kmsctl"))
-        .env("KMS_ENDPOINT", format!("unix://{}", socket.display()))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = kmsctl(socket, args);
-    assert!(out.status.success(), "kmsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(socket: &Path, args: &[&str]) -> String {
-    let out = kmsctl(socket, args);
-    assert!(!out.status.success(), "kmsctl {args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error: {err:?}");
-    err
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-fn openssl_available() -> bool {
-    let ok = Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl is required in CI");
-        eprintln!("\n*** SKIPPED: sidecar CA end to end: `openssl` not found ***\n");
-    }
-    ok
-}
+use common::{Sidecar, fails, ok, openssl, openssl_available};
 
 fn scenario(extra: &[&str]) {
-    if !openssl_available() {
+    if !openssl_available("sidecar CA end to end") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,21 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Sidecar;
-
-fn kmsctl(endpoint: &str, extra: &[&str], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kmsctl")).args(["--endpoint", endpoint]).args(extra).args(args).output().unwrap()
-}
-
-fn ok(endpoint: &str, extra: &[&str], args: &[&str]) -> String {
-    let out = kmsctl(endpoint, extra, args);
-    assert!(out.status.success(), "kmsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{Sidecar, kmsctl_at as kmsctl, ok_at as ok, openssl_available};
 
 /// `openssl s_client` against the port; returns (exit ok, output).
 fn s_client(dir: &Path, port: u16, cert: Option<(&str, &str)>) -> (bool, String) {
@@ -72,10 +62,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn tls_auto_mtls_identity_revocation_and_hot_renewal() {
-    let have_openssl = Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
-    if !have_openssl {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl is required in CI");
-        eprintln!("\n*** SKIPPED: --tls auto end to end: `openssl` not found ***\n");
+    if !openssl_available("--tls auto end to end") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
