@@ -16,6 +16,7 @@
 //! * [`cache`]: a bounded data-key cache with refresh-ahead.
 //! * [`pki`]: an internal certificate authority (issue, sign CSRs, revoke, CRLs, verify).
 //! * [`bulk`]: all-core sealing and opening, byte-identical to the sequential path.
+//! * [`password`]: argon2id password hashing (PHC strings, verify, needs-rehash).
 //! * [`secret`]: the types that hold key bytes (zeroized, redacted, constant-time eq).
 //! * [`clock`]: injectable time.
 //! * [`hazmat`]: raw AES-256-GCM for interoperability; easy to misuse.
@@ -42,6 +43,7 @@ pub mod hazmat;
 mod kdf;
 pub mod keys;
 pub mod keywrap;
+pub mod password;
 pub mod pki;
 pub mod provider;
 mod rand;
