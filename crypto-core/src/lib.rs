@@ -50,3 +50,9 @@ mod rand;
 pub mod secret;
 
 pub use aead::Backend;
+
+/// Fills `out` with bytes from the operating system's CSPRNG (through aws-lc), for callers
+/// that need random identifiers or secrets (API tokens, request ids) outside a key type.
+pub fn fill_random(out: &mut [u8]) {
+    rand::fill(out);
+}

@@ -194,9 +194,23 @@ impl Kms {
 
     /// Signs a CSR (PEM or DER) under the CA's name policy.
     pub fn sign_csr(&self, csr: &[u8], ttl: Duration, usage: Usage) -> Result<IssuedCertificate, KmsError> {
+        self.sign_csr_checked(csr, ttl, usage, &|_| Ok(()))
+    }
+
+    /// [`Kms::sign_csr`], with `check` called on the names the certificate would carry
+    /// (`cn:<CN>` then each SAN as `dns:`/`ip:`/`uri:`) before it is recorded or returned:
+    /// the caller's authorization. A refused certificate is discarded, never handed out.
+    pub fn sign_csr_checked(
+        &self,
+        csr: &[u8],
+        ttl: Duration,
+        usage: Usage,
+        check: &dyn Fn(&[String]) -> Result<(), KmsError>,
+    ) -> Result<IssuedCertificate, KmsError> {
         let ca = self.load_ca()?;
         let policy = policy_from_json(&self.store().get_ca()?.policy)?;
         let issued = ca.sign_csr(csr, &policy, ttl, usage, SystemTime::now())?;
+        check(&certificate_names(&issued.common_name, &issued.sans))?;
         self.add_to_inventory(&issued)?;
         Ok(issued)
     }
@@ -232,4 +246,10 @@ impl Kms {
         let now = SystemTime::now();
         Ok((ca.crl(&revoked, number, now, now + CRL_VALIDITY)?, number))
     }
+}
+
+/// The names a certificate is authorized by: `cn:<CN>` (if any) and each SAN.
+pub fn certificate_names(common_name: &str, sans: &[crypto_core::pki::SubjectAltName]) -> Vec<String> {
+    let cn = (!common_name.is_empty()).then(|| format!("cn:{common_name}"));
+    cn.into_iter().chain(sans.iter().map(ToString::to_string)).collect()
 }

@@ -58,7 +58,31 @@ pub struct TlsOptions {
     pub client_cert: Option<PathBuf>,
     /// Client private key for mTLS.
     pub client_key: Option<PathBuf>,
+    /// API token sent as `authorization: Bearer <token>` on every call (any endpoint).
+    pub token: Option<String>,
 }
+
+/// Adds the API token, if any, to every request.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BearerToken(..)" } else { "BearerToken(None)" })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel type of [`SidecarClient`]: a gRPC channel that sends the token.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
 
 fn read(path: &std::path::Path, endpoint: &str) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path)
@@ -81,7 +105,7 @@ pub async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Er
 /// A blocking connection to the sidecar.
 pub struct SidecarClient {
     runtime: tokio::runtime::Runtime,
-    client: Mutex<KmsClient<Channel>>,
+    client: Mutex<KmsClient<Conn>>,
     endpoint: String,
 }
 
@@ -135,11 +159,22 @@ impl SidecarClient {
             return Err(ClientError::Endpoint(endpoint.into()));
         }
         .map_err(connect_err)?;
-        Ok(Self { runtime, client: Mutex::new(KmsClient::new(channel)), endpoint: endpoint.into() })
+        let bearer = match &tls.token {
+            None => BearerToken(None),
+            Some(t) => {
+                let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| connect_err("the API token has characters a header cannot carry".into()))?;
+                v.set_sensitive(true);
+                BearerToken(Some(v))
+            }
+        };
+        let client = KmsClient::with_interceptor(channel, bearer);
+        Ok(Self { runtime, client: Mutex::new(client), endpoint: endpoint.into() })
     }
 
     /// Runs one RPC to completion.
-    pub fn call<T, F>(&self, f: impl FnOnce(KmsClient<Channel>) -> F) -> Result<T, ClientError>
+    pub fn call<T, F>(&self, f: impl FnOnce(KmsClient<Conn>) -> F) -> Result<T, ClientError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {

@@ -126,6 +126,38 @@ pub struct ServeArgs {
     /// How often keys whose deletion window has passed are destroyed [default: 10s].
     #[arg(long, env = "KMS_DELETION_CHECK_INTERVAL")]
     pub deletion_check_interval: Option<String>,
+    /// Authorization policy (TOML; re-read on SIGHUP) [default: only the sidecar's own
+    /// Unix user, on the Unix socket, may do anything].
+    #[arg(long, env = "KMS_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Audit log file (hash-chained JSON lines) [default: DATA_DIR/audit/audit.log].
+    #[arg(long, env = "KMS_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Key of the audit chain's MACs, created at first start [default: DATA_DIR/audit.key].
+    #[arg(long, env = "KMS_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+    /// Audit file size at which it is rotated (0 = never) [default: 67108864].
+    #[arg(long, env = "KMS_AUDIT_MAX_BYTES")]
+    pub audit_max_bytes: Option<u64>,
+    /// fsync every audit record (survives power loss, costs a disk flush per request)
+    /// [default: false: each record reaches the kernel before the answer is sent].
+    #[arg(long, env = "KMS_AUDIT_FSYNC")]
+    pub audit_fsync: Option<bool>,
+    /// Requests per second per principal (token bucket; 0 = unlimited) [default: 0].
+    #[arg(long, env = "KMS_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Burst per principal [default: the rate limit, at least 1].
+    #[arg(long, env = "KMS_RATE_BURST")]
+    pub rate_burst: Option<f64>,
+    /// Most requests in progress at once; more get RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "KMS_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Longest a request may run when its client sets no shorter deadline [default: 30s].
+    #[arg(long, env = "KMS_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// Prometheus metrics on http://IP:PORT/metrics, loopback addresses only [default: off].
+    #[arg(long, env = "KMS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KMS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -175,6 +207,16 @@ struct FileConfig {
     deletion_check_interval: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
+    policy: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
+    audit_max_bytes: Option<u64>,
+    audit_fsync: Option<bool>,
+    rate_limit: Option<f64>,
+    rate_burst: Option<f64>,
+    max_concurrent_requests: Option<usize>,
+    request_timeout: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// Where the server listens.
@@ -204,8 +246,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// The resolved settings.
+/// Where and how the audit log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// The active file.
+    pub path: PathBuf,
+    /// The MAC key file.
+    pub key_file: PathBuf,
+    /// Rotation size (0 = never).
+    pub max_bytes: u64,
+    /// fsync per record.
+    pub fsync: bool,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Data directory.
     pub data_dir: PathBuf,
@@ -231,6 +286,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Identity, policy and limits of the request gate.
+    pub security: crate::security::SecurityOptions,
+    /// The audit log.
+    pub audit: AuditSettings,
+    /// Prometheus endpoint address (loopback), if enabled.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Settings that were ignored, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -387,7 +448,52 @@ impl ServeArgs {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("log_format", format!("{other:?}: use text or json"))),
         };
+        let rate_limit = self.rate_limit.or(file.rate_limit).unwrap_or(0.0);
+        if !rate_limit.is_finite() || !(0.0..=1e9).contains(&rate_limit) {
+            return Err(invalid("rate_limit", format!("{rate_limit} is outside 0 ..= 1e9 requests/s")));
+        }
+        let rate_burst = self.rate_burst.or(file.rate_burst).unwrap_or(rate_limit.max(1.0));
+        if !rate_burst.is_finite() || !(1.0..=1e9).contains(&rate_burst) {
+            return Err(invalid("rate_burst", format!("{rate_burst} is outside 1 ..= 1e9")));
+        }
+        let max_concurrent_requests = self.max_concurrent_requests.or(file.max_concurrent_requests).unwrap_or(1024);
+        if max_concurrent_requests == 0 || max_concurrent_requests > 1 << 20 {
+            return Err(invalid("max_concurrent_requests", format!("{max_concurrent_requests} is outside 1 ..= 1048576")));
+        }
+        let request_timeout =
+            duration("request_timeout", self.request_timeout.or(file.request_timeout), Duration::from_secs(30))?;
+        if request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be longer than 0"));
+        }
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            None => None,
+            Some(text) => {
+                let addr: std::net::SocketAddr = text
+                    .trim_start_matches("http://")
+                    .parse()
+                    .map_err(|_| invalid("metrics_listen", format!("{text:?}: expected IP:PORT")))?;
+                crate::metrics::check_loopback(addr).map_err(|m| invalid("metrics_listen", m))?;
+                Some(addr)
+            }
+        };
+        let audit = AuditSettings {
+            path: self.audit_log.or(file.audit_log).unwrap_or_else(|| data_dir.join("audit").join("audit.log")),
+            key_file: self.audit_key_file.or(file.audit_key_file).unwrap_or_else(|| data_dir.join("audit.key")),
+            max_bytes: self.audit_max_bytes.or(file.audit_max_bytes).unwrap_or(64 << 20),
+            fsync: self.audit_fsync.or(file.audit_fsync).unwrap_or(false),
+        };
+        let security = crate::security::SecurityOptions {
+            policy_path: self.policy.or(file.policy),
+            rate_limit,
+            rate_burst,
+            max_concurrent_requests,
+            request_timeout,
+            token_cache_ttl: key_cache_ttl,
+        };
         Ok(Settings {
+            security,
+            audit,
+            metrics_listen,
             data_dir,
             listen,
             tls_auto_ttl,

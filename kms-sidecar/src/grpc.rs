@@ -25,6 +25,8 @@ use tonic::{Request, Response, Status};
 
 use crate::keystore::KeyRecord;
 use crate::kms::{Kms, KmsError};
+use crate::policy::{Op, Resource};
+use crate::security::{Call, Security};
 
 /// Generated protobuf types and service stubs of `kms.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, unused_qualifications)]
@@ -89,21 +91,37 @@ impl Default for Limits {
     }
 }
 
-/// The gRPC service over a [`Kms`].
+/// The gRPC service over a [`Kms`], behind the [`Security`] gate.
 #[derive(Debug, Clone)]
 pub struct KmsService {
     kms: Arc<Kms>,
+    sec: Arc<Security>,
     max_payload: usize,
     streams: crate::streaming::StreamSlots,
+    passwords: Arc<PasswordSlots>,
+}
+
+/// argon2id needs 19 MiB and tens of milliseconds per call: at most this many run at once
+/// (the rest wait, within their deadline), so password requests cannot exhaust memory.
+#[derive(Debug)]
+struct PasswordSlots {
+    hasher: crypto_core::password::PasswordHasher,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl KmsService {
-    /// A service over `kms` with `limits`.
-    pub fn new(kms: Arc<Kms>, limits: Limits) -> Self {
+    /// A service over `kms` with `limits`, every request passing `sec`.
+    pub fn new(kms: Arc<Kms>, limits: Limits, sec: Arc<Security>) -> Self {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
         Self {
             kms,
+            sec,
             max_payload: limits.max_request_bytes,
             streams: crate::streaming::StreamSlots::new(limits.max_concurrent_streams, limits.stream_idle_timeout),
+            passwords: Arc::new(PasswordSlots {
+                hasher: crypto_core::password::PasswordHasher::default(),
+                slots: Arc::new(tokio::sync::Semaphore::new(parallel)),
+            }),
         }
     }
 
@@ -130,26 +148,33 @@ impl KmsService {
     /// else (or on a cache miss) on a blocking thread.
     async fn run_crypto<T: Send + 'static>(
         &self,
+        call: &Call,
         payload: usize,
         f: impl Fn(&Kms) -> Result<T, KmsError> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
+    ) -> Result<T, Status> {
         if payload <= INLINE_MAX_PAYLOAD {
             match self.kms.cache_only(&f) {
                 Err(KmsError::WouldBlock) => {}
-                other => return other.map(Response::new).map_err(status),
+                other => return other.map_err(status),
             }
         }
-        self.run(f).await
+        self.run(call, f).await
     }
 
+    /// An operation on a blocking thread, bounded by the call's deadline (work already
+    /// started on the store finishes, but its answer is not awaited past the deadline).
     async fn run<T: Send + 'static>(
         &self,
+        call: &Call,
         f: impl FnOnce(&Kms) -> Result<T, KmsError> + Send + 'static,
-    ) -> Result<Response<T>, Status> {
+    ) -> Result<T, Status> {
+        call.check_deadline()?;
         let kms = self.kms.clone();
-        match tokio::task::spawn_blocking(move || f(&kms)).await {
-            Ok(result) => result.map(Response::new).map_err(status),
-            Err(_) => Err(Status::internal("operation panicked")),
+        let task = tokio::task::spawn_blocking(move || f(&kms));
+        match tokio::time::timeout_at(call.deadline().into(), task).await {
+            Ok(Ok(result)) => result.map_err(status),
+            Ok(Err(_)) => Err(Status::internal("operation panicked")),
+            Err(_) => Err(Status::deadline_exceeded("the request's deadline passed")),
         }
     }
 }
@@ -194,16 +219,6 @@ pub fn wrapped_from_pb(w: pb::WrappedDataKey) -> crypto_core::provider::WrappedK
         key_version: w.key_version,
         blob: w.blob,
     }
-}
-
-/// The CA's administrative RPCs (create the CA, issue with any name, revoke) are served
-/// only on the local Unix socket until role-based authorization exists: over mTLS, any
-/// holder of a client certificate could otherwise mint certificates for any name.
-fn local_only<T>(r: &Request<T>) -> Result<(), Status> {
-    if r.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
-        return Ok(());
-    }
-    Err(Status::permission_denied("this CA operation is allowed only on the local Unix socket"))
 }
 
 fn key_type(name: &str) -> Result<crypto_core::pki::KeyType, KmsError> {
@@ -255,6 +270,29 @@ fn context(map: std::collections::HashMap<String, String>) -> BTreeMap<String, S
     map.into_iter().collect()
 }
 
+fn token_to_pb(t: crate::keystore::TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id,
+        name: t.name,
+        created_at_unix: t.created_at,
+        expires_at_unix: t.expires_at.unwrap_or(0),
+        revoked_at_unix: t.revoked_at.unwrap_or(0),
+    }
+}
+
+/// Key names of a batch for its audit record (at most 8, then a count).
+fn batch_keys<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut distinct: Vec<&str> = names.collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let more = distinct.len().saturating_sub(8);
+    let mut out = distinct.into_iter().take(8).collect::<Vec<_>>().join(",");
+    if more > 0 {
+        out.push_str(&format!(",+{more} more"));
+    }
+    format!("keys {out}")
+}
+
 #[tonic::async_trait]
 impl KmsRpc for KmsService {
     type EncryptStreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::EncryptStreamResponse, Status>>;
@@ -264,7 +302,8 @@ impl KmsRpc for KmsService {
         &self,
         r: Request<tonic::Streaming<pb::EncryptStreamRequest>>,
     ) -> Result<Response<Self::EncryptStreamStream>, Status> {
-        crate::streaming::encrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload)
+        let call = self.sec.begin(&r, "EncryptStream").await?;
+        crate::streaming::encrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload, call)
             .await
             .map(Response::new)
     }
@@ -273,322 +312,670 @@ impl KmsRpc for KmsService {
         &self,
         r: Request<tonic::Streaming<pb::DecryptStreamRequest>>,
     ) -> Result<Response<Self::DecryptStreamStream>, Status> {
-        crate::streaming::decrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload)
+        let call = self.sec.begin(&r, "DecryptStream").await?;
+        crate::streaming::decrypt_stream(self.kms.clone(), &self.streams, r.into_inner(), self.max_payload, call)
             .await
             .map(Response::new)
     }
 
     async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, "CreateKey").await?;
         let name = r.into_inner().name;
-        self.run(move |k| k.create_key(&name).map(|k| metadata(&k))).await
+        let result = async {
+            call.authorize(Op::Admin, Resource::Key(&name))?;
+            call.attempt()?;
+            self.run(&call, move |k| k.create_key(&name).map(|k| metadata(&k))).await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn describe_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, "DescribeKey").await?;
         let name = r.into_inner().name;
-        self.run(move |k| k.describe_key(&name).map(|k| metadata(&k))).await
+        let result = async {
+            call.authorize_key_read(&name)?;
+            self.run(&call, move |k| k.describe_key(&name).map(|k| metadata(&k))).await
+        }
+        .await;
+        call.finish(result)
     }
 
-    async fn list_keys(&self, _: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.run(|k| Ok(pb::ListKeysResponse { keys: k.list_keys()?.iter().map(metadata).collect() })).await
+    async fn list_keys(&self, r: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let call = self.sec.begin(&r, "ListKeys").await?;
+        let result = async {
+            let keys = self.run(&call, |k| k.list_keys()).await?;
+            // Only the keys the caller may use: other tenants' names stay invisible.
+            let keys = keys.iter().filter(|k| call.may_use_key(&k.name)).map(metadata).collect();
+            Ok(pb::ListKeysResponse { keys })
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn rotate_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
-        let name = r.into_inner().name;
-        self.run(move |k| k.rotate_key(&name).map(|k| metadata(&k))).await
+        self.admin(r, "RotateKey", |k, name| k.rotate_key(name)).await
     }
 
     async fn enable_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
-        let name = r.into_inner().name;
-        self.run(move |k| k.enable_key(&name).map(|k| metadata(&k))).await
+        self.admin(r, "EnableKey", |k, name| k.enable_key(name)).await
     }
 
     async fn disable_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
-        let name = r.into_inner().name;
-        self.run(move |k| k.disable_key(&name).map(|k| metadata(&k))).await
+        self.admin(r, "DisableKey", |k, name| k.disable_key(name)).await
     }
 
     async fn schedule_key_deletion(
         &self,
         r: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, "ScheduleKeyDeletion").await?;
         let r = r.into_inner();
-        self.run(move |k| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k))).await
+        let result = async {
+            call.authorize(Op::Admin, Resource::Key(&r.name))?;
+            call.attempt()?;
+            self.run(&call, move |k| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k)))
+                .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn cancel_key_deletion(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
-        let name = r.into_inner().name;
-        self.run(move |k| k.cancel_key_deletion(&name).map(|k| metadata(&k))).await
+        self.admin(r, "CancelKeyDeletion", |k, name| k.cancel_key_deletion(name)).await
     }
 
     async fn set_min_decrypt_version(
         &self,
         r: Request<pb::SetMinDecryptVersionRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, "SetMinDecryptVersion").await?;
         let r = r.into_inner();
-        self.run(move |k| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k))).await
+        let result = async {
+            call.authorize(Op::Admin, Resource::Key(&r.name))?;
+            call.attempt()?;
+            self.run(&call, move |k| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k)))
+                .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn encrypt(&self, r: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        let mut call = self.sec.begin(&r, "Encrypt").await?;
         let r = r.into_inner();
-        self.check_size(r.plaintext.len())?;
-        let ctx = context(r.context);
-        self.run_crypto(r.plaintext.len(), move |k| {
-            let (ciphertext, key_version) = k.encrypt(&r.key_name, &r.plaintext, &ctx)?;
-            Ok(pb::EncryptResponse { ciphertext, key_name: r.key_name.clone(), key_version })
-        })
-        .await
+        let result = async {
+            call.authorize(Op::Encrypt, Resource::Key(&r.key_name))?;
+            self.check_size(r.plaintext.len())?;
+            let ctx = context(r.context);
+            let (len, name, plaintext) = (r.plaintext.len(), r.key_name, r.plaintext);
+            let out = self
+                .run_crypto(&call, len, move |k| {
+                    let (ciphertext, key_version) = k.encrypt(&name, &plaintext, &ctx)?;
+                    Ok(pb::EncryptResponse { ciphertext, key_name: name.clone(), key_version })
+                })
+                .await?;
+            call.set_version(out.key_version);
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn decrypt(&self, r: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        let mut call = self.sec.begin(&r, "Decrypt").await?;
         let r = r.into_inner();
-        self.check_size(r.ciphertext.len())?;
-        let ctx = context(r.context);
-        self.run_crypto(r.ciphertext.len(), move |k| {
-            let (plaintext, key_name, key_version) = k.decrypt(&r.ciphertext, &ctx)?;
-            Ok(pb::DecryptResponse { plaintext: plaintext.expose_secret().to_vec(), key_name, key_version })
-        })
-        .await
+        let result = async {
+            self.check_size(r.ciphertext.len())?;
+            let (key, version) = Kms::ciphertext_key(&r.ciphertext).map_err(status)?;
+            call.set_version(version);
+            call.authorize(Op::Decrypt, Resource::Key(&key))?;
+            let ctx = context(r.context);
+            let (len, ciphertext) = (r.ciphertext.len(), r.ciphertext);
+            self.run_crypto(&call, len, move |k| {
+                let (plaintext, key_name, key_version) = k.decrypt(&ciphertext, &ctx)?;
+                Ok(pb::DecryptResponse { plaintext: plaintext.expose_secret().to_vec(), key_name, key_version })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn batch_encrypt(
         &self,
         r: Request<pb::BatchEncryptRequest>,
     ) -> Result<Response<pb::BatchEncryptResponse>, Status> {
+        let mut call = self.sec.begin(&r, "BatchEncrypt").await?;
         let r = r.into_inner();
-        self.check_batch(r.items.len(), r.items.iter().map(|i| i.plaintext.len()).sum())?;
-        self.run(move |k| {
-            let results = r
-                .items
-                .into_iter()
-                .map(|item| {
-                    let result = match k.encrypt(&item.key_name, &item.plaintext, &context(item.context)) {
-                        Ok((ciphertext, key_version)) => pb::batch_encrypt_result::Result::Ok(pb::EncryptResponse {
-                            ciphertext,
-                            key_name: item.key_name,
-                            key_version,
-                        }),
-                        Err(e) => pb::batch_encrypt_result::Result::Error(item_error(e)),
-                    };
-                    pb::BatchEncryptResult { result: Some(result) }
-                })
-                .collect();
-            Ok(pb::BatchEncryptResponse { results })
-        })
-        .await
+        let result = async {
+            self.check_batch(r.items.len(), r.items.iter().map(|i| i.plaintext.len()).sum())?;
+            call.set_detail(batch_keys(r.items.iter().map(|i| i.key_name.as_str())));
+            let allowed: Vec<bool> =
+                r.items.iter().map(|i| call.may(Op::Encrypt, &Resource::Key(&i.key_name))).collect();
+            self.run(&call, move |k| {
+                let results = r
+                    .items
+                    .into_iter()
+                    .zip(allowed)
+                    .map(|(item, allowed)| {
+                        let outcome = if allowed {
+                            k.encrypt(&item.key_name, &item.plaintext, &context(item.context))
+                        } else {
+                            Err(KmsError::PermissionDenied(format!("encrypt denied on key {:?}", item.key_name)))
+                        };
+                        let result = match outcome {
+                            Ok((ciphertext, key_version)) => {
+                                pb::batch_encrypt_result::Result::Ok(pb::EncryptResponse {
+                                    ciphertext,
+                                    key_name: item.key_name,
+                                    key_version,
+                                })
+                            }
+                            Err(e) => pb::batch_encrypt_result::Result::Error(item_error(e)),
+                        };
+                        pb::BatchEncryptResult { result: Some(result) }
+                    })
+                    .collect();
+                Ok(pb::BatchEncryptResponse { results })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn batch_decrypt(
         &self,
         r: Request<pb::BatchDecryptRequest>,
     ) -> Result<Response<pb::BatchDecryptResponse>, Status> {
+        let mut call = self.sec.begin(&r, "BatchDecrypt").await?;
         let r = r.into_inner();
-        self.check_batch(r.items.len(), r.items.iter().map(|i| i.ciphertext.len()).sum())?;
-        self.run(move |k| {
-            let results = r
-                .items
+        let result = async {
+            self.check_batch(r.items.len(), r.items.iter().map(|i| i.ciphertext.len()).sum())?;
+            let keys: Vec<Result<(String, u32), KmsError>> =
+                r.items.iter().map(|i| Kms::ciphertext_key(&i.ciphertext)).collect();
+            call.set_detail(batch_keys(keys.iter().filter_map(|k| k.as_ref().ok()).map(|(n, _)| n.as_str())));
+            let allowed: Vec<Result<(), KmsError>> = keys
                 .into_iter()
-                .map(|item| {
-                    let result = match k.decrypt(&item.ciphertext, &context(item.context)) {
-                        Ok((plaintext, key_name, key_version)) => {
-                            pb::batch_decrypt_result::Result::Ok(pb::DecryptResponse {
-                                plaintext: plaintext.expose_secret().to_vec(),
-                                key_name,
-                                key_version,
-                            })
-                        }
-                        Err(e) => pb::batch_decrypt_result::Result::Error(item_error(e)),
-                    };
-                    pb::BatchDecryptResult { result: Some(result) }
+                .map(|k| {
+                    let (name, _) = k?;
+                    if call.may(Op::Decrypt, &Resource::Key(&name)) {
+                        Ok(())
+                    } else {
+                        Err(KmsError::PermissionDenied(format!("decrypt denied on key {name:?}")))
+                    }
                 })
                 .collect();
-            Ok(pb::BatchDecryptResponse { results })
-        })
-        .await
+            self.run(&call, move |k| {
+                let results = r
+                    .items
+                    .into_iter()
+                    .zip(allowed)
+                    .map(|(item, allowed)| {
+                        let outcome = allowed.and_then(|()| k.decrypt(&item.ciphertext, &context(item.context)));
+                        let result = match outcome {
+                            Ok((plaintext, key_name, key_version)) => {
+                                pb::batch_decrypt_result::Result::Ok(pb::DecryptResponse {
+                                    plaintext: plaintext.expose_secret().to_vec(),
+                                    key_name,
+                                    key_version,
+                                })
+                            }
+                            Err(e) => pb::batch_decrypt_result::Result::Error(item_error(e)),
+                        };
+                        pb::BatchDecryptResult { result: Some(result) }
+                    })
+                    .collect();
+                Ok(pb::BatchDecryptResponse { results })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn re_encrypt(&self, r: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        let mut call = self.sec.begin(&r, "ReEncrypt").await?;
         let r = r.into_inner();
-        self.check_size(r.ciphertext.len())?;
-        self.run(move |k| {
-            let (ciphertext, source_key_version, key_version) = k.re_encrypt(&r.ciphertext)?;
-            Ok(pb::ReEncryptResponse { ciphertext, source_key_version, key_version })
-        })
-        .await
+        let result = async {
+            self.check_size(r.ciphertext.len())?;
+            let (key, version) = Kms::ciphertext_key(&r.ciphertext).map_err(status)?;
+            call.set_version(version);
+            call.authorize(Op::Rewrap, Resource::Key(&key))?;
+            let out = self
+                .run(&call, move |k| {
+                    let (ciphertext, source_key_version, key_version) = k.re_encrypt(&r.ciphertext)?;
+                    Ok(pb::ReEncryptResponse { ciphertext, source_key_version, key_version })
+                })
+                .await?;
+            call.set_version(out.key_version);
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn generate_data_key(
         &self,
         r: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let mut call = self.sec.begin(&r, "GenerateDataKey").await?;
         let r = r.into_inner();
-        self.run_crypto(0, move |k| {
-            let (dk, w) = k.generate_data_key(&r.key_name)?;
-            Ok(pb::GenerateDataKeyResponse {
-                plaintext: if r.without_plaintext { Vec::new() } else { dk.expose_secret().to_vec() },
-                wrapped: Some(wrapped_to_pb(w)),
-            })
-        })
-        .await
+        let result = async {
+            call.authorize(Op::DataKey, Resource::Key(&r.key_name))?;
+            let out = self
+                .run_crypto(&call, 0, move |k| {
+                    let (dk, w) = k.generate_data_key(&r.key_name)?;
+                    Ok(pb::GenerateDataKeyResponse {
+                        plaintext: if r.without_plaintext { Vec::new() } else { dk.expose_secret().to_vec() },
+                        wrapped: Some(wrapped_to_pb(w)),
+                    })
+                })
+                .await?;
+            if let Some(w) = &out.wrapped {
+                call.set_version(w.key_version);
+            }
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn decrypt_data_key(
         &self,
         r: Request<pb::WrappedDataKey>,
     ) -> Result<Response<pb::DecryptDataKeyResponse>, Status> {
+        let mut call = self.sec.begin(&r, "DecryptDataKey").await?;
         let w = wrapped_from_pb(r.into_inner());
-        self.run_crypto(0, move |k| {
-            Ok(pb::DecryptDataKeyResponse { plaintext: k.decrypt_data_key(&w)?.expose_secret().to_vec() })
-        })
-        .await
+        let result = async {
+            call.set_version(w.key_version);
+            call.authorize(Op::DataKey, Resource::Key(&w.key_name))?;
+            self.run_crypto(&call, 0, move |k| {
+                Ok(pb::DecryptDataKeyResponse { plaintext: k.decrypt_data_key(&w)?.expose_secret().to_vec() })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn re_encrypt_data_key(
         &self,
         r: Request<pb::WrappedDataKey>,
     ) -> Result<Response<pb::WrappedDataKey>, Status> {
+        let mut call = self.sec.begin(&r, "ReEncryptDataKey").await?;
         let w = wrapped_from_pb(r.into_inner());
-        self.run(move |k| Ok(wrapped_to_pb(k.re_encrypt_data_key(&w)?))).await
+        let result = async {
+            call.authorize(Op::Rewrap, Resource::Key(&w.key_name))?;
+            let out = self.run(&call, move |k| Ok(wrapped_to_pb(k.re_encrypt_data_key(&w)?))).await?;
+            call.set_version(out.key_version);
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn put_secret(&self, r: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
+        let mut call = self.sec.begin(&r, "PutSecret").await?;
         let r = r.into_inner();
-        self.check_size(r.value.len())?;
-        self.run(move |k| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? })).await
+        let result = async {
+            call.authorize(Op::SecretsWrite, Resource::Secret(&r.name))?;
+            call.authorize(Op::Encrypt, Resource::Key(&r.key_name))?;
+            self.check_size(r.value.len())?;
+            call.attempt()?;
+            self.run(&call, move |k| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? }))
+                .await
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn get_secret(&self, r: Request<pb::GetSecretRequest>) -> Result<Response<pb::GetSecretResponse>, Status> {
+        let mut call = self.sec.begin(&r, "GetSecret").await?;
         let r = r.into_inner();
-        self.run(move |k| {
-            let s = k.get_secret(&r.name, (r.version != 0).then_some(r.version))?;
-            Ok(pb::GetSecretResponse {
-                value: s.value.expose_secret().to_vec(),
-                version: s.version,
-                key_name: s.key_name,
-                created_at_unix: s.created_at,
-            })
-        })
-        .await
+        let result = async {
+            call.authorize(Op::SecretsRead, Resource::Secret(&r.name))?;
+            let out = self
+                .run(&call, move |k| {
+                    let s = k.get_secret(&r.name, (r.version != 0).then_some(r.version))?;
+                    Ok(pb::GetSecretResponse {
+                        value: s.value.expose_secret().to_vec(),
+                        version: s.version,
+                        key_name: s.key_name,
+                        created_at_unix: s.created_at,
+                    })
+                })
+                .await?;
+            call.set_version(out.version);
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn list_secrets(
         &self,
-        _: Request<pb::ListSecretsRequest>,
+        r: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        self.run(|k| {
-            Ok(pb::ListSecretsResponse {
-                secrets: k
-                    .list_secrets()?
-                    .into_iter()
-                    .map(|s| pb::SecretInfo { name: s.name, latest_version: s.latest_version, key_name: s.key_name })
-                    .collect(),
-            })
-        })
-        .await
-    }
-
-    async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
-        local_only(&r)?;
-        let r = r.into_inner();
-        self.run(move |k| {
-            let policy = crypto_core::pki::SanPolicy {
-                dns: r.allowed_dns,
-                ip: r.allowed_ip.iter().map(|n| crate::ca::parse_network(n)).collect::<Result<_, _>>()?,
-                uri_prefixes: r.allowed_uri_prefixes,
-            };
-            let init = crate::ca::CaInit {
-                common_name: r.common_name,
-                key_type: key_type(&r.key_type)?,
-                ttl: if r.ttl_seconds == 0 {
-                    std::time::Duration::from_secs(10 * 365 * 86_400)
-                } else {
-                    std::time::Duration::from_secs(r.ttl_seconds)
-                },
-                policy,
-            };
-            Ok(pb::CaBundle { pem: k.init_ca(&init)?.bundle_pem })
-        })
-        .await
-    }
-
-    async fn issue_certificate(
-        &self,
-        r: Request<pb::IssueCertificateRequest>,
-    ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        local_only(&r)?;
-        let r = r.into_inner();
-        self.run(move |k| {
-            let request = crypto_core::pki::LeafRequest {
-                common_name: r.common_name,
-                sans: r.sans.iter().map(|s| crypto_core::pki::SubjectAltName::parse(s)).collect::<Result<_, _>>()?,
-                key_type: key_type(&r.key_type)?,
-                ttl: std::time::Duration::from_secs(r.ttl_seconds),
-                usage: usage(&r.usage)?,
-            };
-            Ok(issued_to_pb(k.issue_certificate(&request)?))
-        })
-        .await
-    }
-
-    async fn sign_csr(&self, r: Request<pb::SignCsrRequest>) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let r = r.into_inner();
-        self.check_size(r.csr.len())?;
-        self.run(move |k| {
-            let ttl = std::time::Duration::from_secs(r.ttl_seconds);
-            Ok(issued_to_pb(k.sign_csr(&r.csr, ttl, usage(&r.usage)?)?))
-        })
-        .await
-    }
-
-    async fn revoke_certificate(
-        &self,
-        r: Request<pb::RevokeCertificateRequest>,
-    ) -> Result<Response<pb::CertificateInfo>, Status> {
-        local_only(&r)?;
-        let r = r.into_inner();
-        self.run(move |k| {
-            let reason = if r.reason.is_empty() {
-                crypto_core::pki::RevocationReason::Unspecified
-            } else {
-                crypto_core::pki::RevocationReason::parse(&r.reason)?
-            };
-            Ok(certificate_to_pb(k.revoke_certificate(&r.serial, reason)?))
-        })
-        .await
-    }
-
-    async fn list_certificates(
-        &self,
-        _: Request<pb::ListCertificatesRequest>,
-    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
-        self.run(|k| {
-            Ok(pb::ListCertificatesResponse {
-                certificates: k.list_certificates()?.into_iter().map(certificate_to_pb).collect(),
-            })
-        })
-        .await
-    }
-
-    async fn get_ca_bundle(&self, _: Request<pb::GetCaBundleRequest>) -> Result<Response<pb::CaBundle>, Status> {
-        self.run(|k| Ok(pb::CaBundle { pem: k.ca_info()?.bundle_pem })).await
-    }
-
-    async fn get_crl(&self, _: Request<pb::GetCrlRequest>) -> Result<Response<pb::Crl>, Status> {
-        self.run(|k| {
-            let (der, number) = k.crl()?;
-            Ok(pb::Crl { pem: crypto_core::pki::to_pem("X509 CRL", &der), number })
-        })
-        .await
-    }
-
-    async fn who_am_i(&self, r: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        Ok(Response::new(pb::WhoAmIResponse { identity: crate::tls_auto::client_identity(&r).unwrap_or_default() }))
+        let call = self.sec.begin(&r, "ListSecrets").await?;
+        let result = async {
+            let secrets = self.run(&call, |k| k.list_secrets()).await?;
+            let secrets = secrets
+                .into_iter()
+                .filter(|s| call.may(Op::SecretsRead, &Resource::Secret(&s.name)))
+                .map(|s| pb::SecretInfo { name: s.name, latest_version: s.latest_version, key_name: s.key_name })
+                .collect();
+            Ok(pb::ListSecretsResponse { secrets })
+        }
+        .await;
+        call.finish(result)
     }
 
     async fn delete_secret(
         &self,
         r: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        let mut call = self.sec.begin(&r, "DeleteSecret").await?;
         let name = r.into_inner().name;
-        self.run(move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {})).await
+        let result = async {
+            call.authorize(Op::SecretsWrite, Resource::Secret(&name))?;
+            call.attempt()?;
+            self.run(&call, move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {})).await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
+        let mut call = self.sec.begin(&r, "InitCa").await?;
+        let r = r.into_inner();
+        let result = async {
+            call.authorize(Op::PkiAdmin, Resource::None)?;
+            call.attempt()?;
+            self.run(&call, move |k| {
+                let policy = crypto_core::pki::SanPolicy {
+                    dns: r.allowed_dns,
+                    ip: r.allowed_ip.iter().map(|n| crate::ca::parse_network(n)).collect::<Result<_, _>>()?,
+                    uri_prefixes: r.allowed_uri_prefixes,
+                };
+                let init = crate::ca::CaInit {
+                    common_name: r.common_name,
+                    key_type: key_type(&r.key_type)?,
+                    ttl: if r.ttl_seconds == 0 {
+                        std::time::Duration::from_secs(10 * 365 * 86_400)
+                    } else {
+                        std::time::Duration::from_secs(r.ttl_seconds)
+                    },
+                    policy,
+                };
+                Ok(pb::CaBundle { pem: k.init_ca(&init)?.bundle_pem })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn issue_certificate(
+        &self,
+        r: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let mut call = self.sec.begin(&r, "IssueCertificate").await?;
+        let r = r.into_inner();
+        let result = async {
+            let sans = r
+                .sans
+                .iter()
+                .map(|s| crypto_core::pki::SubjectAltName::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| status(e.into()))?;
+            for name in crate::ca::certificate_names(&r.common_name, &sans) {
+                call.authorize(Op::PkiIssue, Resource::Name(&name))?;
+            }
+            call.attempt()?;
+            self.run(&call, move |k| {
+                let request = crypto_core::pki::LeafRequest {
+                    common_name: r.common_name,
+                    sans,
+                    key_type: key_type(&r.key_type)?,
+                    ttl: std::time::Duration::from_secs(r.ttl_seconds),
+                    usage: usage(&r.usage)?,
+                };
+                Ok(issued_to_pb(k.issue_certificate(&request)?))
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn sign_csr(&self, r: Request<pb::SignCsrRequest>) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let mut call = self.sec.begin(&r, "SignCsr").await?;
+        let r = r.into_inner();
+        let result = async {
+            self.check_size(r.csr.len())?;
+            // The names are known only once the CSR is parsed: checked in `sign_csr_checked`
+            // before the certificate is recorded or returned.
+            call.attempt()?;
+            let policy = self.sec.policy();
+            let names = call.names().to_vec();
+            self.run(&call, move |k| {
+                let ttl = std::time::Duration::from_secs(r.ttl_seconds);
+                let check = |certificate_names: &[String]| {
+                    for n in certificate_names {
+                        if !policy.allows(&names, Op::PkiIssue, &Resource::Name(n)) {
+                            return Err(KmsError::PermissionDenied(format!("pki-issue denied for name {n:?}")));
+                        }
+                    }
+                    Ok(())
+                };
+                Ok(issued_to_pb(k.sign_csr_checked(&r.csr, ttl, usage(&r.usage)?, &check)?))
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        r: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::CertificateInfo>, Status> {
+        let mut call = self.sec.begin(&r, "RevokeCertificate").await?;
+        let r = r.into_inner();
+        let result = async {
+            call.authorize(Op::PkiAdmin, Resource::None)?;
+            call.set_detail(format!("serial {}", r.serial.chars().take(64).collect::<String>()));
+            call.attempt()?;
+            self.run(&call, move |k| {
+                let reason = if r.reason.is_empty() {
+                    crypto_core::pki::RevocationReason::Unspecified
+                } else {
+                    crypto_core::pki::RevocationReason::parse(&r.reason)?
+                };
+                Ok(certificate_to_pb(k.revoke_certificate(&r.serial, reason)?))
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn list_certificates(
+        &self,
+        r: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        let mut call = self.sec.begin(&r, "ListCertificates").await?;
+        let result = async {
+            call.authorize(Op::PkiAdmin, Resource::None)?;
+            self.run(&call, |k| {
+                Ok(pb::ListCertificatesResponse {
+                    certificates: k.list_certificates()?.into_iter().map(certificate_to_pb).collect(),
+                })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn get_ca_bundle(&self, r: Request<pb::GetCaBundleRequest>) -> Result<Response<pb::CaBundle>, Status> {
+        let call = self.sec.begin(&r, "GetCaBundle").await?;
+        let result = self.run(&call, |k| Ok(pb::CaBundle { pem: k.ca_info()?.bundle_pem })).await;
+        call.finish(result)
+    }
+
+    async fn get_crl(&self, r: Request<pb::GetCrlRequest>) -> Result<Response<pb::Crl>, Status> {
+        let call = self.sec.begin(&r, "GetCrl").await?;
+        let result = self
+            .run(&call, |k| {
+                let (der, number) = k.crl()?;
+                Ok(pb::Crl { pem: crypto_core::pki::to_pem("X509 CRL", &der), number })
+            })
+            .await;
+        call.finish(result)
+    }
+
+    async fn who_am_i(&self, r: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let call = self.sec.begin(&r, "WhoAmI").await?;
+        let out = pb::WhoAmIResponse { identity: call.principal().to_owned(), names: call.names().to_vec() };
+        call.finish(Ok(out))
+    }
+
+    async fn create_token(
+        &self,
+        r: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let mut call = self.sec.begin(&r, "CreateToken").await?;
+        let r = r.into_inner();
+        let result = async {
+            call.authorize(Op::TokenAdmin, Resource::None)?;
+            call.set_detail(format!("token:{}", r.name.chars().take(64).collect::<String>()));
+            call.attempt()?;
+            let sec = self.sec.clone();
+            let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds));
+            let created = self.run(&call, move |_| sec.create_token(&r.name, ttl)).await?;
+            call.set_detail(format!("token:{} id {}", created.record.name, created.record.id));
+            let token = String::from_utf8(created.token.expose_secret().to_vec())
+                .map_err(|_| Status::internal("token encoding"))?;
+            Ok(pb::CreateTokenResponse { token, info: Some(token_to_pb(created.record)) })
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn list_tokens(&self, r: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let mut call = self.sec.begin(&r, "ListTokens").await?;
+        let result = async {
+            call.authorize(Op::TokenAdmin, Resource::None)?;
+            let sec = self.sec.clone();
+            let tokens = self.run(&call, move |_| sec.list_tokens()).await?;
+            Ok(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_to_pb).collect() })
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn revoke_token(
+        &self,
+        r: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let mut call = self.sec.begin(&r, "RevokeToken").await?;
+        let r = r.into_inner();
+        let result = async {
+            call.authorize(Op::TokenAdmin, Resource::None)?;
+            call.set_detail(format!("token {}", r.id_or_name.chars().take(64).collect::<String>()));
+            call.attempt()?;
+            let sec = self.sec.clone();
+            let tokens = self.run(&call, move |_| sec.revoke_tokens(&r.id_or_name)).await?;
+            Ok(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_to_pb).collect() })
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn audit_head(&self, r: Request<pb::AuditHeadRequest>) -> Result<Response<pb::AuditHeadResponse>, Status> {
+        let mut call = self.sec.begin(&r, "AuditHead").await?;
+        let result = call.authorize(Op::AuditRead, Resource::None).map(|()| {
+            let head = self.sec.audit().head();
+            pb::AuditHeadResponse { seq: head.seq, mac: hex::encode(head.mac), head: head.to_string() }
+        });
+        call.finish(result)
+    }
+
+    async fn hash_password(
+        &self,
+        r: Request<pb::HashPasswordRequest>,
+    ) -> Result<Response<pb::HashPasswordResponse>, Status> {
+        let mut call = self.sec.begin(&r, "HashPassword").await?;
+        let password = zeroize::Zeroizing::new(r.into_inner().password);
+        let result = async {
+            call.authorize(Op::Password, Resource::None)?;
+            let passwords = self.passwords.clone();
+            let _slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| Status::deadline_exceeded("waiting for a password-hashing slot"))?
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            self.run(&call, move |_| {
+                let hash = passwords.hasher.hash(&password).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
+                Ok(pb::HashPasswordResponse { hash })
+            })
+            .await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn verify_password(
+        &self,
+        r: Request<pb::VerifyPasswordRequest>,
+    ) -> Result<Response<pb::VerifyPasswordResponse>, Status> {
+        let mut call = self.sec.begin(&r, "VerifyPassword").await?;
+        let r = r.into_inner();
+        let (hash, password) = (r.hash, zeroize::Zeroizing::new(r.password));
+        let result = async {
+            call.authorize(Op::Password, Resource::None)?;
+            let passwords = self.passwords.clone();
+            let _slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| Status::deadline_exceeded("waiting for a password-hashing slot"))?
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            let out = self
+                .run(&call, move |_| {
+                    let bad = |e: crypto_core::password::PasswordError| KmsError::InvalidArgument(e.to_string());
+                    let valid = passwords.hasher.verify(&hash, &password).map_err(bad)?
+                        == crypto_core::password::Verification::Match;
+                    let needs_rehash = passwords.hasher.needs_rehash(&hash).map_err(bad)?;
+                    Ok(pb::VerifyPasswordResponse { valid, needs_rehash })
+                })
+                .await?;
+            call.set_detail(if out.valid { "match".into() } else { "mismatch".into() });
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
+    }
+}
+
+impl KmsService {
+    /// The key administration RPCs that take a [`pb::KeyRef`].
+    async fn admin(
+        &self,
+        r: Request<pb::KeyRef>,
+        op: &'static str,
+        f: fn(&Kms, &str) -> Result<KeyRecord, KmsError>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, op).await?;
+        let name = r.into_inner().name;
+        let result = async {
+            call.authorize(Op::Admin, Resource::Key(&name))?;
+            call.attempt()?;
+            let out = self.run(&call, move |k| f(k, &name).map(|k| metadata(&k))).await?;
+            call.set_version(out.primary_version);
+            Ok(out)
+        }
+        .await;
+        call.finish(result)
     }
 }

@@ -240,6 +240,8 @@ pub struct Kms {
     keks: Mutex<KekCache>,
     /// The issuing CA once loaded (one per keystore, never replaced).
     pub(crate) ca: Mutex<Option<Arc<crypto_core::pki::CertificateAuthority>>>,
+    record_hits: std::sync::atomic::AtomicU64,
+    record_misses: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Kms {
@@ -275,7 +277,38 @@ impl Kms {
             records: Mutex::new(HashMap::new()),
             keks: Mutex::new(KekCache { capacity: options.kek_cache_capacity, ..KekCache::default() }),
             ca: Mutex::new(None),
+            record_hits: std::sync::atomic::AtomicU64::new(0),
+            record_misses: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Key-record cache lookups so far: (hits, misses).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.record_hits.load(Relaxed), self.record_misses.load(Relaxed))
+    }
+
+    /// The key name and version a ciphertext's header names for this sidecar (the entry
+    /// it would unwrap), read from its first bytes without touching any key: what
+    /// authorization checks before decrypting. `Truncated` if `prefix` ends inside the
+    /// header.
+    pub fn ciphertext_key(prefix: &[u8]) -> Result<(String, u32), KmsError> {
+        Self::header_key(prefix)?.ok_or(KmsError::DecryptFailed)
+    }
+
+    /// [`Kms::ciphertext_key`], with `None` when `prefix` ends inside the header.
+    pub fn header_key(prefix: &[u8]) -> Result<Option<(String, u32)>, KmsError> {
+        let header = match crypto_core::envelope::Header::parse(prefix) {
+            Ok((h, _)) => h,
+            Err(EnvelopeError::Truncated) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let w = header
+            .wrapped_keys()
+            .iter()
+            .find(|w| w.provider_id == PROVIDER_ID)
+            .ok_or_else(|| KmsError::InvalidArgument("the ciphertext has no data key wrapped by this KMS".into()))?;
+        Ok(Some((w.key_name.clone(), w.key_version)))
     }
 
     /// The store.
@@ -339,9 +372,11 @@ impl Kms {
             && at.elapsed() < self.options.key_cache_ttl
             && needs_version.is_none_or(|v| v <= record.primary_version)
         {
+            self.record_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(record.clone());
         }
         Self::store_allowed()?;
+        self.record_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Taken before the read, so the entry never claims to be fresher than it is.
         let read_at = Instant::now();
         let record = self.store.get_key(name);

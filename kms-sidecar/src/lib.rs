@@ -14,14 +14,21 @@
 //!   `KeyProvider` backed by the sidecar (used by `kmsctl`).
 //! * [`grpc`], [`server`]: the `kms.v1` gRPC service (plus health and reflection) on a
 //!   Unix socket; the `kms-sidecar` binary serves it.
+//! * [`security`], [`policy`], [`audit`], [`metrics`]: who is calling, whether they may,
+//!   their limits, the hash-chained audit log every request is recorded in (fail
+//!   closed), and the Prometheus endpoint.
 
+pub mod audit;
 pub mod ca;
 pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod keystore;
 pub mod kms;
+pub mod metrics;
+pub mod policy;
 pub mod root_key;
+pub mod security;
 pub mod server;
 mod streaming;
 pub mod tls_auto;

@@ -25,7 +25,11 @@ use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
 use kms_sidecar::kms::{Kms, KmsOptions};
 use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
 use kms_sidecar::server::{ServeError, serve_tcp_auto, serve_tcp_tls, serve_unix};
+use kms_sidecar::audit::{AuditConfig, AuditKey, AuditLog};
+use kms_sidecar::metrics::Metrics;
+use kms_sidecar::security::Security;
 use kms_sidecar::tls_auto::AutoTls;
+use zeroize::Zeroize;
 
 #[derive(Parser)]
 #[command(name = "kms-sidecar", version, about = "KMS sidecar: gRPC kms.v1 over a local or shared keystore")]
@@ -81,13 +85,39 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let options = KmsOptions { key_cache_ttl: settings.key_cache_ttl, kek_cache_capacity: settings.kek_cache_capacity };
     let kms = Arc::new(Kms::with_options(store.clone(), root, options));
 
+    let mut fresh = [0u8; 32];
+    crypto_core::fill_random(&mut fresh);
+    let audit_key = AuditKey::load_or_create(&settings.audit.key_file, fresh)?;
+    fresh.zeroize();
+    let audit = Arc::new(AuditLog::open(
+        AuditConfig {
+            path: settings.audit.path.clone(),
+            max_bytes: settings.audit.max_bytes,
+            fsync: settings.audit.fsync,
+        },
+        audit_key,
+    )?);
+    let metrics = Arc::new(Metrics::new());
+    let sec = Arc::new(Security::new(kms.clone(), settings.security.clone(), audit.clone(), metrics.clone())?);
+    tracing::info!(
+        policy = sec.policy().source(),
+        audit_log = %settings.audit.path.display(),
+        audit_head = %audit.head(),
+        "request gate ready"
+    );
+    sec.event("sidecar.start", "OK", Some(&format!("kms-sidecar {}", env!("CARGO_PKG_VERSION"))))
+        .map_err(|e| format!("audit log: {e}"))?;
+
     // The PostgreSQL client owns a runtime of its own, which must not be dropped inside
     // ours: `store` and `kms` stay alive here until the server runtime has finished.
     let backend = store.backend();
     let served = kms.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let sec_served = sec.clone();
+    let served_result = runtime.block_on(async move {
+        let sec = sec_served;
         let purge = tokio::spawn(deletion_job(served.clone(), settings.deletion_check_interval));
+        let reload = tokio::spawn(reload_on_hangup(sec.clone()));
         // Every --tls auto identity is set up before any listener starts, so a failure there
         // stops the start instead of leaving half the listeners running.
         let mut prepared = Vec::new();
@@ -124,16 +154,41 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         });
         let limits = settings.limits;
         let mut servers = tokio::task::JoinSet::new();
+        if let Some(addr) = settings.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Socket { path: addr.to_string().into(), source })?;
+            tracing::info!(listen = %format!("http://{}/metrics", listener.local_addr().unwrap_or(addr)), "serving metrics");
+            let (kms, metrics) = (served.clone(), metrics.clone());
+            let mut stop = stop_rx.clone();
+            let render = move || {
+                let (kms, metrics) = (kms.clone(), metrics.clone());
+                async move {
+                    let (hits, misses) = kms.cache_stats();
+                    metrics.set_key_cache(hits, misses);
+                    let ages = tokio::task::spawn_blocking(move || key_ages(&kms)).await.unwrap_or_default();
+                    metrics.render(&ages)
+                }
+            };
+            servers.spawn(async move {
+                kms_sidecar::metrics::serve(listener, render, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| ServeError::Listener(format!("metrics: {e}")))
+            });
+        }
         for (listen, auto) in prepared {
             let mut stop = stop_rx.clone();
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
             let kms = served.clone();
+            let sec = sec.clone();
             match (listen, auto) {
                 (Listen::Unix(socket), _) => {
                     tracing::info!(listen = %format!("unix://{}", socket.display()), keystore = backend, "serving kms.v1");
-                    servers.spawn(async move { serve_unix(kms, &socket, settings.socket_mode, limits, shutdown).await });
+                    servers.spawn(async move { serve_unix(kms, sec, &socket, settings.socket_mode, limits, shutdown).await });
                 }
                 (Listen::Tcp(addr, TlsSource::Files(tls)), _) => {
                     tracing::info!(
@@ -142,7 +197,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         client_certificates = tls.client_ca.is_some(),
                         "serving kms.v1 with TLS"
                     );
-                    servers.spawn(async move { serve_tcp_tls(kms, addr, &tls, limits, shutdown).await });
+                    servers.spawn(async move { serve_tcp_tls(kms, sec, addr, &tls, limits, shutdown).await });
                 }
                 (Listen::Tcp(addr, TlsSource::Auto(_)), Some(auto)) => {
                     let refresh = settings.tls_refresh_interval;
@@ -152,7 +207,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         serial = %auto.serial(),
                         "serving kms.v1 with TLS from the sidecar's CA; client certificates from it required"
                     );
-                    servers.spawn(async move { serve_tcp_auto(kms, addr, auto, refresh, limits, shutdown).await });
+                    servers.spawn(async move { serve_tcp_auto(kms, sec, addr, auto, refresh, limits, shutdown).await });
                 }
                 (Listen::Tcp(..), None) => return Err(ServeError::Tls("internal: --tls auto listener not prepared".into())),
             }
@@ -170,13 +225,50 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         purge.abort();
+        reload.abort();
         result
-    })?;
+    });
+    // The chain's last record says the sidecar stopped cleanly (verify reports a log that
+    // ends without it).
+    let stop_code = if served_result.is_ok() { "OK" } else { "UNAVAILABLE" };
+    if let Err(e) = sec.event("sidecar.stop", stop_code, None) {
+        tracing::error!(error = %e, "audit log: could not record the stop");
+    }
+    served_result?;
     drop(runtime);
+    drop(sec);
     drop(kms);
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the policy file on every SIGHUP; a bad file leaves the old policy in force.
+async fn reload_on_hangup(sec: Arc<Security>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: the policy cannot be reloaded without a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let sec = sec.clone();
+        match tokio::task::spawn_blocking(move || sec.reload_policy()).await {
+            Ok(Ok(source)) => tracing::info!(policy = %source, "policy reloaded"),
+            Ok(Err(e)) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+            Err(_) => tracing::error!("policy reload panicked"),
+        }
+    }
+}
+
+/// Seconds since each key's primary version was created (for the rotation-age gauge).
+fn key_ages(kms: &Kms) -> Vec<(String, u64)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let Ok(keys) = kms.list_keys() else { return Vec::new() };
+    keys.iter()
+        .filter_map(|k| {
+            let primary = k.versions.iter().find(|v| v.version == k.primary_version)?;
+            Some((k.name.clone(), u64::try_from(now - primary.created_at).unwrap_or(0)))
+        })
+        .collect()
 }
 
 /// Destroys keys whose deletion window has passed, every `interval`.

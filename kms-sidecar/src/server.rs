@@ -10,6 +10,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::grpc::{KmsService, Limits, pb};
 use crate::kms::Kms;
+use crate::security::Security;
 
 pub use crate::config::DEFAULT_MAX_REQUEST_BYTES;
 
@@ -54,6 +55,7 @@ pub struct TlsFiles {
 async fn router(
     mut builder: tonic::transport::Server,
     kms: Arc<Kms>,
+    sec: Arc<Security>,
     limits: Limits,
 ) -> Result<tonic::transport::server::Router, ServeError> {
     let max_request_bytes = limits.max_request_bytes;
@@ -67,7 +69,7 @@ async fn router(
     // The service enforces `max_request_bytes` on payloads (RESOURCE_EXHAUSTED); the
     // transport's own cap, 1 MiB above it, bounds memory for anything larger (tonic
     // answers OUT_OF_RANGE there).
-    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, limits))
+    let service = pb::kms_server::KmsServer::new(KmsService::new(kms, limits, sec))
         .max_decoding_message_size(max_request_bytes + (1 << 20))
         .max_encoding_message_size(max_request_bytes + (1 << 20));
     Ok(builder.add_service(health_service).add_service(reflection).add_service(service))
@@ -81,6 +83,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ServeError> {
 /// requires client certificates from `client_ca` when given. Stops like [`serve_unix`].
 pub async fn serve_tcp_tls(
     kms: Arc<Kms>,
+    sec: Arc<Security>,
     addr: std::net::SocketAddr,
     tls: &TlsFiles,
     limits: Limits,
@@ -92,7 +95,7 @@ pub async fn serve_tcp_tls(
         config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca)?));
     }
     let builder = tonic::transport::Server::builder().tls_config(config)?;
-    Ok(router(builder, kms, limits).await?.serve_with_shutdown(addr, shutdown).await?)
+    Ok(router(builder, kms, sec, limits).await?.serve_with_shutdown(addr, shutdown).await?)
 }
 
 /// Serves on TCP with `--tls auto` (see [`crate::tls_auto`]): a server certificate from
@@ -100,6 +103,7 @@ pub async fn serve_tcp_tls(
 /// certificates from that CA required. Stops like [`serve_unix`].
 pub async fn serve_tcp_auto(
     kms: Arc<Kms>,
+    sec: Arc<Security>,
     addr: std::net::SocketAddr,
     tls: Arc<crate::tls_auto::AutoTls>,
     refresh: std::time::Duration,
@@ -109,7 +113,7 @@ pub async fn serve_tcp_auto(
     let incoming = crate::tls_auto::incoming(addr, tls, refresh)
         .await
         .map_err(|source| ServeError::Socket { path: PathBuf::from(addr.to_string()), source })?;
-    Ok(router(tonic::transport::Server::builder(), kms, limits)
+    Ok(router(tonic::transport::Server::builder(), kms, sec, limits)
         .await?
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?)
@@ -120,6 +124,7 @@ pub async fn serve_tcp_auto(
 /// is not a socket is refused.
 pub async fn serve_unix(
     kms: Arc<Kms>,
+    sec: Arc<Security>,
     path: &Path,
     mode: u32,
     limits: Limits,
@@ -137,7 +142,7 @@ pub async fn serve_unix(
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
 
-    let result = router(tonic::transport::Server::builder(), kms, limits)
+    let result = router(tonic::transport::Server::builder(), kms, sec, limits)
         .await?
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

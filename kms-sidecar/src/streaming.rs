@@ -26,6 +26,8 @@ use zeroize::Zeroize;
 
 use crate::grpc::{pb, status};
 use crate::kms::{Kms, KmsError};
+use crate::policy::{Op, Resource};
+use crate::security::Call;
 
 /// Output messages queued per call before the server waits for the client.
 pub(crate) const OUTBOUND_DEPTH: usize = 4;
@@ -241,16 +243,27 @@ async fn start<M, T>(
 }
 
 /// Serves one EncryptStream call.
+/// The request is authorized on the key named in the first message and an `attempt`
+/// record is written before any data is read; the `result` record when the stream ends.
 pub(crate) async fn encrypt_stream(
     kms: Arc<Kms>,
     slots: &StreamSlots,
     inbound: Streaming<pb::EncryptStreamRequest>,
     max_chunk: usize,
+    mut audit: Call,
 ) -> Result<ReceiverStream<Result<pb::EncryptStreamResponse, Status>>, Status> {
-    let call = start(slots, inbound, "EncryptStream: the first message must name the key").await?;
+    let call = match start(slots, inbound, "EncryptStream: the first message must name the key").await {
+        Ok(c) => c,
+        Err(s) => return Err(audit.fail(s)),
+    };
     let CallStart { permit, idle, first, inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
-    check(first.chunk.len())?;
+    let ready = check(first.chunk.len())
+        .and_then(|()| audit.authorize(Op::Encrypt, Resource::Key(&first.key_name)))
+        .and_then(|()| audit.attempt());
+    if let Err(s) = ready {
+        return Err(audit.fail(s));
+    }
     let ctx = context(first.context);
     let key_name = first.key_name;
     // The sealer may need the store (key record, KEK): prepared on the blocking thread too,
@@ -261,12 +274,13 @@ pub(crate) async fn encrypt_stream(
         let sealer = match kms.stream_sealer(&key_name, &ctx) {
             Ok(s) => s,
             Err(e) => {
-                let _ = ready_tx.send(Err(status(e)));
+                let _ = ready_tx.send(Err(audit.fail(status(e))));
                 return;
             }
         };
         let _ = ready_tx.send(Ok(()));
         let key_version = sealer.header().key_version();
+        audit.set_version(key_version);
         let mut first_out = true;
         let out = Outbound {
             tx: tx.clone(),
@@ -298,25 +312,59 @@ pub(crate) async fn encrypt_stream(
             copy(&mut input, &mut w).map_err(io_status)?;
             w.finish().map_err(io_status)?.flush().map_err(io_status)
         });
-        if let Err(s) = result {
-            send(&handle, &tx, Err(s), idle);
+        if let Err(s) = &result {
+            send(&handle, &tx, Err(s.clone()), idle);
         }
+        audit.finish_stream(result);
     });
     ready_rx.await.map_err(|_| Status::internal("EncryptStream worker failed"))??;
     Ok(ReceiverStream::new(rx))
 }
 
 /// Serves one DecryptStream call.
+///
+/// The header is read from the first messages (gathered until it is complete, within the
+/// chunk limit) and the request authorized on its key before anything is decrypted.
 pub(crate) async fn decrypt_stream(
     kms: Arc<Kms>,
     slots: &StreamSlots,
     inbound: Streaming<pb::DecryptStreamRequest>,
     max_chunk: usize,
+    mut audit: Call,
 ) -> Result<ReceiverStream<Result<pb::DecryptStreamResponse, Status>>, Status> {
-    let call = start(slots, inbound, "DecryptStream: no ciphertext sent").await?;
-    let CallStart { permit, idle, first, inbound, tx, rx, handle } = call;
+    let call = match start(slots, inbound, "DecryptStream: no ciphertext sent").await {
+        Ok(c) => c,
+        Err(s) => return Err(audit.fail(s)),
+    };
+    let CallStart { permit, idle, mut first, mut inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
-    check(first.chunk.len())?;
+    let ready = async {
+        check(first.chunk.len())?;
+        let (key, version) = loop {
+            match Kms::header_key(&first.chunk).map_err(status)? {
+                Some(found) => break found,
+                None if first.chunk.len() < max_chunk => {
+                    let next = tokio::time::timeout(idle, inbound.message()).await.map_err(|_| idle_status(idle))??;
+                    let Some(next) = next else { break Kms::ciphertext_key(&first.chunk).map_err(status)? };
+                    if !next.context.is_empty() {
+                        return Err(Status::invalid_argument(
+                            "DecryptStream: context belongs in the first message only",
+                        ));
+                    }
+                    check(first.chunk.len() + next.chunk.len())?;
+                    first.chunk.extend_from_slice(&next.chunk);
+                }
+                None => return Err(status(KmsError::DecryptFailed)),
+            }
+        };
+        audit.set_version(version);
+        audit.authorize(Op::Decrypt, Resource::Key(&key))?;
+        audit.attempt()
+    }
+    .await;
+    if let Err(s) = ready {
+        return Err(audit.fail(s));
+    }
     let ctx = context(first.context);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -346,9 +394,10 @@ pub(crate) async fn decrypt_stream(
             Err(e) => Err(status(KmsError::from(e))),
             Ok(mut reader) => copy(&mut reader, &mut out).and_then(|_| out.flush()).map_err(io_status),
         };
-        if let Err(s) = result {
-            send(&handle, &tx, Err(s), idle);
+        if let Err(s) = &result {
+            send(&handle, &tx, Err(s.clone()), idle);
         }
+        audit.finish_stream(result);
     });
     Ok(ReceiverStream::new(rx))
 }

@@ -38,6 +38,10 @@ struct Cli {
     /// Client private key (PEM) for mTLS.
     #[arg(long, env = "KMS_CLIENT_KEY", global = true)]
     client_key: Option<PathBuf>,
+    /// File holding an API token (sent as `authorization: Bearer`); or set KMS_TOKEN.
+    /// (No --token flag: a token on the command line is visible to every user in `ps`.)
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -103,6 +107,160 @@ enum Cmd {
     /// Certificates: issue, sign CSRs, revoke, list, verify.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// API tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log: verify its hash chain offline, print the sidecar's chain head.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Password hashing (argon2id) through the sidecar; the password is read from stdin.
+    #[command(subcommand)]
+    Password(PasswordCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token for principal token:NAME; prints the token (once) on stdout.
+    Create {
+        /// Token name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Lifetime (e.g. 30d, 12h); none = no expiry.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (ids, names, times; never token text).
+    List,
+    /// Revoke a token by id, or every token of a name.
+    Revoke {
+        /// Token id or name.
+        id_or_name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify audit files (any order; a directory means every audit.log* in it): reports
+    /// the first edited, deleted, inserted, reordered or truncated record. Exit 0 = intact.
+    Verify {
+        /// Audit files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The chain's MAC key [default: ./kms-data/audit.key].
+        #[arg(long, env = "KMS_AUDIT_KEY_FILE", default_value = "./kms-data/audit.key")]
+        key_file: PathBuf,
+        /// The head the log must reach (SEQ:MAC from `kmsctl audit head`): detects a
+        /// truncated tail.
+        #[arg(long)]
+        head: Option<String>,
+        /// Accept a log whose earliest records were archived (does not start at seq 1).
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Print the sidecar's current chain head (SEQ:MAC).
+    Head,
+}
+
+#[derive(Subcommand)]
+enum PasswordCmd {
+    /// Hash the password on stdin; prints the PHC string.
+    Hash,
+    /// Check the password on stdin against a PHC string; exit 0 if it matches, 1 if not.
+    Verify {
+        /// The stored PHC string.
+        #[arg(long)]
+        hash: String,
+    },
+}
+
+/// Reads a password from stdin: the first line, without its line ending.
+fn read_password() -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin().read_to_end(&mut buf)?;
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let mut line = zeroize::Zeroizing::new(buf[..end].to_vec());
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+fn token_json(t: &pb::TokenInfo) -> Value {
+    json!({"id": t.id, "name": t.name, "created_at": t.created_at_unix,
+           "expires_at": (t.expires_at_unix != 0).then_some(t.expires_at_unix),
+           "revoked_at": (t.revoked_at_unix != 0).then_some(t.revoked_at_unix)})
+}
+
+fn print_tokens(tokens: &[pb::TokenInfo], j: bool) {
+    if j {
+        println!("{}", Value::Array(tokens.iter().map(token_json).collect()));
+        return;
+    }
+    for t in tokens {
+        let mut line = format!("{}  {}", t.id, t.name);
+        if t.expires_at_unix != 0 {
+            line.push_str(&format!("  expires_at={}", t.expires_at_unix));
+        }
+        if t.revoked_at_unix != 0 {
+            line.push_str(&format!("  revoked_at={}", t.revoked_at_unix));
+        }
+        println!("{line}");
+    }
+}
+
+/// `kmsctl audit verify`: offline, with the key file.
+fn audit_verify(files: &[PathBuf], key_file: &Path, head: Option<&str>, partial: bool, j: bool) -> Result<()> {
+    use kms_sidecar::audit::{AuditHead, AuditKey, VerifyOptions, verify};
+    let mut paths = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            for entry in fs::read_dir(f)? {
+                let p = entry?.path();
+                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("audit.log")) {
+                    paths.push(p);
+                }
+            }
+        } else {
+            paths.push(f.clone());
+        }
+    }
+    if paths.is_empty() {
+        return Err("no audit files found".into());
+    }
+    let expected_head = match head {
+        None => None,
+        Some(h) => Some(h.parse::<AuditHead>().map_err(|_| format!("--head {h:?}: expected SEQ:MAC (64 hex)"))?),
+    };
+    let key = AuditKey::load(key_file)?;
+    let report = verify(&paths, &key, &VerifyOptions { partial, expected_head })?;
+    if j {
+        println!(
+            "{}",
+            json!({"records": report.records, "first_seq": report.first_seq, "last_seq": report.last_seq,
+                   "head": report.head.map(|h| h.to_string()), "files": report.files.len(),
+                   "ends_with_stop": report.ends_with_stop,
+                   "problem": report.problem.as_ref().map(|p| json!({"file": p.file, "line": p.line,
+                       "kind": format!("{:?}", p.kind), "message": p.message}))})
+        );
+    } else if report.problem.is_none() {
+        println!(
+            "OK: {} records (seq {}..{}) in {} files, head {}",
+            report.records,
+            report.first_seq,
+            report.last_seq,
+            report.files.len(),
+            report.head.map(|h| h.to_string()).unwrap_or_default()
+        );
+        if !report.ends_with_stop {
+            eprintln!(
+                "note: the log does not end with a sidecar.stop record: the sidecar is running, crashed, or the \
+                 tail was cut (pass --head from `kmsctl audit head` to tell)"
+            );
+        }
+    }
+    match report.problem {
+        None => Ok(()),
+        Some(p) => Err(format!("TAMPERED: {}:{}: {:?}: {}", p.file.display(), p.line, p.kind, p.message).into()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -421,14 +579,25 @@ fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<(
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let token = match (&cli.token_file, std::env::var("KMS_TOKEN")) {
+        (Some(path), _) => Some(
+            fs::read_to_string(path).map_err(|e| format!("--token-file {}: {e}", path.display()))?.trim().to_owned(),
+        ),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+        _ => None,
+    };
     let tls = TlsOptions {
         ca_cert: cli.ca_cert.clone(),
         client_cert: cli.client_cert.clone(),
         client_key: cli.client_key.clone(),
+        token,
     };
     let j = cli.json;
     if let Cmd::Cert(CertCmd::Verify { bundle, crl, usage, cert }) = &cli.command {
         return verify_offline(bundle, crl.as_deref(), usage.as_deref(), cert, j);
+    }
+    if let Cmd::Audit(AuditCmd::Verify { files, key_file, head, partial }) = &cli.command {
+        return audit_verify(files, key_file, head.as_deref(), *partial, j);
     }
     let client = SidecarClient::connect_with(&cli.endpoint, &tls)?;
     match cli.command {
@@ -544,9 +713,65 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Whoami => {
             let who = client.call(|mut c| async move { c.who_am_i(pb::WhoAmIRequest {}).await })?;
             if j {
-                println!("{}", json!({"identity": who.identity}));
+                println!("{}", json!({"identity": who.identity, "names": who.names}));
             } else {
                 println!("{}", who.identity);
+            }
+        }
+        Cmd::Token(cmd) => match cmd {
+            TokenCmd::Create { name, ttl } => {
+                let ttl_seconds = match ttl {
+                    Some(t) => ttl_seconds(&t)?,
+                    None => 0,
+                };
+                let created = client
+                    .call(|mut c| async move { c.create_token(pb::CreateTokenRequest { name, ttl_seconds }).await })?;
+                let info = created.info.unwrap_or_default();
+                if j {
+                    println!("{}", json!({"token": created.token, "info": token_json(&info)}));
+                } else {
+                    println!("{}", created.token);
+                    eprintln!("token {} for principal token:{} (shown once; store it now)", info.id, info.name);
+                }
+            }
+            TokenCmd::List => {
+                let tokens = client.call(|mut c| async move { c.list_tokens(pb::ListTokensRequest {}).await })?;
+                print_tokens(&tokens.tokens, j);
+            }
+            TokenCmd::Revoke { id_or_name } => {
+                let tokens = client
+                    .call(|mut c| async move { c.revoke_token(pb::RevokeTokenRequest { id_or_name }).await })?;
+                print_tokens(&tokens.tokens, j);
+            }
+        },
+        Cmd::Audit(AuditCmd::Head) => {
+            let head = client.call(|mut c| async move { c.audit_head(pb::AuditHeadRequest {}).await })?;
+            if j {
+                println!("{}", json!({"seq": head.seq, "mac": head.mac, "head": head.head}));
+            } else {
+                println!("{}", head.head);
+            }
+        }
+        Cmd::Audit(AuditCmd::Verify { .. }) => unreachable!("handled before connecting"),
+        Cmd::Password(PasswordCmd::Hash) => {
+            let password = read_password()?;
+            let hashed = client.call(|mut c| async move {
+                c.hash_password(pb::HashPasswordRequest { password: password.to_vec() }).await
+            })?;
+            println!("{}", hashed.hash);
+        }
+        Cmd::Password(PasswordCmd::Verify { hash }) => {
+            let password = read_password()?;
+            let out = client.call(|mut c| async move {
+                c.verify_password(pb::VerifyPasswordRequest { hash, password: password.to_vec() }).await
+            })?;
+            if j {
+                println!("{}", json!({"valid": out.valid, "needs_rehash": out.needs_rehash}));
+            } else {
+                println!("{}", if out.valid { "match" } else { "mismatch" });
+            }
+            if !out.valid {
+                return Err("password does not match".into());
             }
         }
         Cmd::Ca(cmd) => match cmd {

@@ -192,6 +192,35 @@ pub struct CertificateRecord {
     pub revoke_reason: Option<u8>,
 }
 
+/// An API token as stored: never the token itself, only a hash of its secret part.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public identifier (16 hex digits), the token's first part.
+    pub id: String,
+    /// Name: the principal is `token:<name>`.
+    pub name: String,
+    /// SHA-256 of the token's secret part.
+    pub secret_hash: Vec<u8>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Expiry, Unix seconds, if any.
+    pub expires_at: Option<i64>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Storage of keys and secrets. Implementations are thread-safe; every method is one
 /// transaction, durable when it returns `Ok`.
 pub trait KeyStore: Send + Sync + std::fmt::Debug {
@@ -265,6 +294,19 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Marks a certificate revoked (the first revocation's time and reason are kept) and
     /// returns it; `NotFound` for an unknown serial.
     fn revoke_certificate(&self, serial: &str, reason: u8, now: i64) -> Result<CertificateRecord, StoreError>;
+
+    /// Stores a new API token; `AlreadyExists` if its id is taken.
+    fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// The token with this id (`NotFound` if none).
+    fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError>;
+
+    /// Every token, revoked and expired ones included, sorted by creation time then id.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revokes the token with this id, or every unrevoked token with this name, and
+    /// returns the tokens revoked now (empty if none matched or all were revoked already).
+    fn revoke_tokens(&self, id_or_name: &str, now: i64) -> Result<Vec<TokenRecord>, StoreError>;
 }
 
 /// Encodes a CA's parent certificates for the `parents` column: each as a 4-byte

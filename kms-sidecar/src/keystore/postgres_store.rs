@@ -10,7 +10,8 @@ use postgres::{Client, GenericClient, NoTls};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns,
+    version_from_db,
 };
 
 /// Advisory-lock id serialising migrations across sidecars ("kms-sche" in ASCII).
@@ -384,6 +385,43 @@ impl KeyStore for PostgresStore {
         tx.commit()?;
         Ok(record)
     }
+
+    fn add_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let n = self.client().execute(
+            "INSERT INTO api_tokens (id, name, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+            &[&t.id, &t.name, &t.secret_hash, &t.created_at, &t.expires_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("token {}", t.id)));
+        }
+        Ok(())
+    }
+
+    fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        let row = self
+            .client()
+            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"), &[&id])?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        Ok(token_from_row(&row))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows =
+            self.client().query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"), &[])?;
+        Ok(rows.iter().map(token_from_row).collect())
+    }
+
+    fn revoke_tokens(&self, id_or_name: &str, now: i64) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.client().query(
+            &format!(
+                "UPDATE api_tokens SET revoked_at = $2 WHERE (id = $1 OR name = $1) AND revoked_at IS NULL
+                 RETURNING {TOKEN_COLUMNS}"
+            ),
+            &[&id_or_name, &now],
+        )?;
+        Ok(rows.iter().map(token_from_row).collect())
+    }
 }
 
 fn certificate_from_row(r: &postgres::Row) -> CertificateRecord {
@@ -396,5 +434,18 @@ fn certificate_from_row(r: &postgres::Row) -> CertificateRecord {
         issued_at: r.get(4),
         revoked_at: r.get(5),
         revoke_reason: r.get::<_, Option<i32>>(6).and_then(|v| u8::try_from(v).ok()),
+    }
+}
+
+const TOKEN_COLUMNS: &str = "id, name, secret_hash, created_at, expires_at, revoked_at";
+
+fn token_from_row(r: &postgres::Row) -> TokenRecord {
+    TokenRecord {
+        id: r.get(0),
+        name: r.get(1),
+        secret_hash: r.get(2),
+        created_at: r.get(3),
+        expires_at: r.get(4),
+        revoked_at: r.get(5),
     }
 }

@@ -105,4 +105,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             revoke_reason INTEGER
         );",
     },
+    Migration {
+        // 3: API tokens. Only a SHA-256 of the token's 256-bit secret is stored; the token
+        // itself is shown once at creation.
+        sqlite: "
+        CREATE TABLE api_tokens (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL,
+            secret_hash BLOB NOT NULL,
+            created_at  INTEGER NOT NULL,
+            expires_at  INTEGER,
+            revoked_at  INTEGER
+        );
+        CREATE INDEX api_tokens_name ON api_tokens (name);",
+        postgres: "
+        CREATE TABLE api_tokens (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL,
+            secret_hash BYTEA NOT NULL,
+            created_at  BIGINT NOT NULL,
+            expires_at  BIGINT,
+            revoked_at  BIGINT
+        );
+        CREATE INDEX api_tokens_name ON api_tokens (name);",
+    },
 ];

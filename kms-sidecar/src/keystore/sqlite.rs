@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns,
+    version_from_db,
 };
 
 /// The SQLite keystore.
@@ -411,6 +412,47 @@ impl KeyStore for SqliteStore {
         tx.commit()?;
         Ok(record)
     }
+
+    fn add_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO api_tokens (id, name, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO NOTHING",
+            params![t.id, t.name, t.secret_hash, t.created_at, t.expires_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("token {}", t.id)));
+        }
+        Ok(())
+    }
+
+    fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        self.conn()
+            .query_row(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"), [id], token_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"))?;
+        let rows = stmt.query_map([], token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_tokens(&self, id_or_name: &str, now: i64) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revoked = {
+            let mut stmt = tx.prepare(&format!(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL
+                 RETURNING {TOKEN_COLUMNS}"
+            ))?;
+            let rows = stmt.query_map(params![id_or_name, now], token_from_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(revoked)
+    }
 }
 
 fn certificate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
@@ -423,5 +465,18 @@ fn certificate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRe
         issued_at: r.get(4)?,
         revoked_at: r.get(5)?,
         revoke_reason: r.get::<_, Option<i64>>(6)?.and_then(|v| u8::try_from(v).ok()),
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, secret_hash, created_at, expires_at, revoked_at";
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        secret_hash: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        revoked_at: r.get(5)?,
     })
 }
