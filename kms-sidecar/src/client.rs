@@ -72,6 +72,21 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
+impl BearerToken {
+    /// Sends `token` (if any) as `authorization: Bearer <token>`; refuses text a header
+    /// cannot carry.
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
+        let Some(t) = token else { return Ok(Self(None)) };
+        let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", t.trim()).parse().map_err(|_| ClientError::Connect {
+                endpoint: String::new(),
+                message: "the API token has characters a header cannot carry".into(),
+            })?;
+        v.set_sensitive(true);
+        Ok(Self(Some(v)))
+    }
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
@@ -159,16 +174,8 @@ impl SidecarClient {
             return Err(ClientError::Endpoint(endpoint.into()));
         }
         .map_err(connect_err)?;
-        let bearer = match &tls.token {
-            None => BearerToken(None),
-            Some(t) => {
-                let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", t.trim())
-                    .parse()
-                    .map_err(|_| connect_err("the API token has characters a header cannot carry".into()))?;
-                v.set_sensitive(true);
-                BearerToken(Some(v))
-            }
-        };
+        let bearer = BearerToken::new(tls.token.as_deref())
+            .map_err(|_| connect_err("the API token has characters a header cannot carry".into()))?;
         let client = KmsClient::with_interceptor(channel, bearer);
         Ok(Self { runtime, client: Mutex::new(client), endpoint: endpoint.into() })
     }

@@ -458,7 +458,10 @@ impl ServeArgs {
         }
         let max_concurrent_requests = self.max_concurrent_requests.or(file.max_concurrent_requests).unwrap_or(1024);
         if max_concurrent_requests == 0 || max_concurrent_requests > 1 << 20 {
-            return Err(invalid("max_concurrent_requests", format!("{max_concurrent_requests} is outside 1 ..= 1048576")));
+            return Err(invalid(
+                "max_concurrent_requests",
+                format!("{max_concurrent_requests} is outside 1 ..= 1048576"),
+            ));
         }
         let request_timeout =
             duration("request_timeout", self.request_timeout.or(file.request_timeout), Duration::from_secs(30))?;

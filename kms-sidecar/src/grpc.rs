@@ -624,8 +624,10 @@ impl KmsRpc for KmsService {
             call.authorize(Op::Encrypt, Resource::Key(&r.key_name))?;
             self.check_size(r.value.len())?;
             call.attempt()?;
-            self.run(&call, move |k| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? }))
-                .await
+            self.run(&call, move |k| {
+                Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? })
+            })
+            .await
         }
         .await;
         call.finish(result)
@@ -755,8 +757,9 @@ impl KmsRpc for KmsService {
         let r = r.into_inner();
         let result = async {
             self.check_size(r.csr.len())?;
-            // The names are known only once the CSR is parsed: checked in `sign_csr_checked`
-            // before the certificate is recorded or returned.
+            // The names are known only once the CSR is parsed: each is checked in
+            // `sign_csr_checked` before the certificate is recorded or returned.
+            call.authorize_op(Op::PkiIssue)?;
             call.attempt()?;
             let policy = self.sec.policy();
             let names = call.names().to_vec();

@@ -303,11 +303,10 @@ impl Kms {
             Err(EnvelopeError::Truncated) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let w = header
-            .wrapped_keys()
-            .iter()
-            .find(|w| w.provider_id == PROVIDER_ID)
-            .ok_or_else(|| KmsError::InvalidArgument("the ciphertext has no data key wrapped by this KMS".into()))?;
+        let w =
+            header.wrapped_keys().iter().find(|w| w.provider_id == PROVIDER_ID).ok_or_else(|| {
+                KmsError::InvalidArgument("the ciphertext has no data key wrapped by this KMS".into())
+            })?;
         Ok(Some((w.key_name.clone(), w.key_version)))
     }
 

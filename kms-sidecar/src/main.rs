@@ -20,14 +20,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use kms_sidecar::audit::{AuditConfig, AuditKey, AuditLog};
 use kms_sidecar::config::{Listen, LogFormat, ServeArgs, Settings, TlsSource};
 use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
 use kms_sidecar::kms::{Kms, KmsOptions};
-use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
-use kms_sidecar::server::{ServeError, serve_tcp_auto, serve_tcp_tls, serve_unix};
-use kms_sidecar::audit::{AuditConfig, AuditKey, AuditLog};
 use kms_sidecar::metrics::Metrics;
+use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
 use kms_sidecar::security::Security;
+use kms_sidecar::server::{ServeError, serve_tcp_auto, serve_tcp_tls, serve_unix};
 use kms_sidecar::tls_auto::AutoTls;
 use zeroize::Zeroize;
 
@@ -261,7 +261,8 @@ async fn reload_on_hangup(sec: Arc<Security>) {
 
 /// Seconds since each key's primary version was created (for the rotation-age gauge).
 fn key_ages(kms: &Kms) -> Vec<(String, u64)> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let Ok(keys) = kms.list_keys() else { return Vec::new() };
     keys.iter()
         .filter_map(|k| {

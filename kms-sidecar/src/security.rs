@@ -422,8 +422,10 @@ impl Security {
         }
         if !self.rate_ok(&call.principal) {
             self.metrics.rejected("rate_limit");
-            let message =
-                format!("rate limit of {} requests/s for {} exceeded; retry later", self.options.rate_limit, call.principal);
+            let message = format!(
+                "rate limit of {} requests/s for {} exceeded; retry later",
+                self.options.rate_limit, call.principal
+            );
             return Err(call.refuse(Status::resource_exhausted(message)));
         }
         Ok(call)
@@ -536,6 +538,15 @@ impl Call {
         };
         self.detail = Some(format!("{} denied{what}", op.name()));
         Err(Status::permission_denied(format!("{} is not allowed {}{what}", self.principal, op.name())))
+    }
+
+    /// Checks that some grant gives the caller `op` at all (before resources are known).
+    pub fn authorize_op(&mut self, op: Op) -> Result<(), Status> {
+        if self.sec.policy().allows_op_somewhere(&self.names, op) {
+            return Ok(());
+        }
+        self.detail = Some(format!("{} denied", op.name()));
+        Err(Status::permission_denied(format!("{} is not allowed {}", self.principal, op.name())))
     }
 
     /// Like [`Call::authorize`] for DescribeKey: any operation on the key.

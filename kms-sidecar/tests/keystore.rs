@@ -88,6 +88,33 @@ fn conformance(store: &dyn KeyStore) {
 }
 
 /// The CA row, the CRL counter and the certificate inventory.
+/// API tokens: stored, found by id, listed, revoked by id or by name (once).
+fn token_conformance(store: &dyn KeyStore) {
+    use kms_sidecar::keystore::TokenRecord;
+    let t = |id: &str, name: &str| TokenRecord {
+        id: id.into(),
+        name: name.into(),
+        secret_hash: vec![7; 32],
+        created_at: 100,
+        expires_at: (name == "ci").then_some(200),
+        revoked_at: None,
+    };
+    store.add_token(&t("00000000000000aa", "ci")).unwrap();
+    store.add_token(&t("00000000000000bb", "app")).unwrap();
+    store.add_token(&t("00000000000000cc", "app")).unwrap();
+    assert!(matches!(store.add_token(&t("00000000000000aa", "x")), Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.get_token("00000000000000aa").unwrap(), t("00000000000000aa", "ci"));
+    assert!(matches!(store.get_token("00000000000000ff"), Err(StoreError::NotFound(_))));
+    assert_eq!(store.list_tokens().unwrap().len(), 3);
+    let revoked = store.revoke_tokens("app", 150).unwrap();
+    assert_eq!(revoked.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().len(), 2);
+    assert!(revoked.iter().all(|r| r.revoked_at == Some(150)));
+    assert!(store.revoke_tokens("app", 160).unwrap().is_empty(), "already revoked: the first time is kept");
+    assert_eq!(store.get_token("00000000000000bb").unwrap().revoked_at, Some(150));
+    assert_eq!(store.revoke_tokens("00000000000000aa", 170).unwrap().len(), 1);
+    assert!(store.revoke_tokens("nobody", 170).unwrap().is_empty());
+}
+
 fn pki_conformance(store: &dyn KeyStore) {
     use kms_sidecar::keystore::{CertificateRecord, StoredCa};
     assert!(matches!(store.get_ca(), Err(StoreError::NotFound(_))));
@@ -170,6 +197,7 @@ fn sqlite_conformance_and_restart() {
     {
         let store = SqliteStore::open(&path).unwrap();
         conformance(&store);
+        token_conformance(&store);
     }
     #[cfg(unix)]
     {
@@ -223,6 +251,7 @@ fn postgres_conformance_and_reconnect() {
     {
         let store = PostgresStore::connect(&pg.config).unwrap();
         conformance(&store);
+        token_conformance(&store);
     }
     let store = PostgresStore::connect(&pg.config).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);

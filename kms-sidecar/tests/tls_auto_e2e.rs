@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Sidecar, kmsctl_at as kmsctl, ok_at as ok, openssl_available};
+use common::{Sidecar, free_port, kmsctl_at as kmsctl, ok_at as ok, openssl_available};
 
 /// `openssl s_client` against the port; returns (exit ok, output).
 fn s_client(dir: &Path, port: u16, cert: Option<(&str, &str)>) -> (bool, String) {
@@ -56,10 +56,6 @@ fn served_serial(dir: &Path, port: u16) -> String {
     String::from_utf8(serial.stdout).unwrap().trim().to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn tls_auto_mtls_identity_revocation_and_hot_renewal() {
     if !openssl_available("--tls auto end to end") {
@@ -69,9 +65,27 @@ fn tls_auto_mtls_identity_revocation_and_hot_renewal() {
     let data = dir.path().join("data");
     let port = free_port();
     let listen = format!("unix://{},tcp://127.0.0.1:{port}", data.join("kms.sock").display());
+    // The client's SPIFFE identity may use keys under t/; nothing else (no CA rights).
+    let policy = common::policy_file(
+        dir.path(),
+        "[roles.app]\ngrants = [{ operations = [\"admin\", \"encrypt\", \"decrypt\", \"datakey\"], keys = [\"t/**\"] }]\n\
+         [[bindings]]\nprincipals = [\"cert:spiffe://test.local/ns/a/sa/*\"]\nroles = [\"app\"]\n",
+    );
+    let policy = policy.to_str().unwrap();
     let sidecar = Sidecar::start(
         &data,
-        &["--listen", &listen, "--tls", "auto", "--tls-auto-ttl", "8s", "--tls-refresh-interval", "1s"],
+        &[
+            "--listen",
+            &listen,
+            "--tls",
+            "auto",
+            "--tls-auto-ttl",
+            "8s",
+            "--tls-refresh-interval",
+            "1s",
+            "--policy",
+            policy,
+        ],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -85,11 +85,19 @@ fn tls_and_mtls_listener() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_pki(d);
+    // The client certificate's identity (its CN: no URI SAN) may administer tenant-a's keys.
+    std::fs::write(
+        d.join("policy.toml"),
+        "[roles.a]\ngrants = [{ operations = [\"admin\", \"encrypt\"], keys = [\"tenant-a/**\"] }]\n\
+         [[bindings]]\nprincipals = [\"cert-cn:spiffe-test-client\"]\nroles = [\"a\"]\n",
+    )
+    .unwrap();
     let port = free_port();
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
         .current_dir(d)
         .args(["serve", "--data-dir", "data", "--listen", &format!("tcp://127.0.0.1:{port}")])
         .args(["--tls-cert", "server.pem", "--tls-key", "server.key", "--client-ca", "ca.pem"])
+        .args(["--policy", "policy.toml"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -739,8 +739,8 @@ fn run(cli: Cli) -> Result<()> {
                 print_tokens(&tokens.tokens, j);
             }
             TokenCmd::Revoke { id_or_name } => {
-                let tokens = client
-                    .call(|mut c| async move { c.revoke_token(pb::RevokeTokenRequest { id_or_name }).await })?;
+                let tokens =
+                    client.call(|mut c| async move { c.revoke_token(pb::RevokeTokenRequest { id_or_name }).await })?;
                 print_tokens(&tokens.tokens, j);
             }
         },

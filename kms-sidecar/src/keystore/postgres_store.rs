@@ -10,8 +10,7 @@ use postgres::{Client, GenericClient, NoTls};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns,
-    version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
 };
 
 /// Advisory-lock id serialising migrations across sidecars ("kms-sche" in ASCII).

@@ -9,8 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns,
-    version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
 };
 
 /// The SQLite keystore.

@@ -35,6 +35,11 @@ impl Sidecar {
         Self { child, socket }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -150,4 +155,28 @@ pub(crate) fn openssl_available(what: &str) -> bool {
 pub(crate) fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The uid the tests run as.
+pub(crate) fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// Writes `policy.toml` in `dir`: the test's own Unix user may do everything (role
+/// `owner`), plus `extra` (more roles and bindings). Returns its path.
+pub(crate) fn policy_file(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    let text = format!(
+        "[roles.owner]\ngrants = [{{ operations = [\"*\"], keys = [\"**\"], secrets = [\"**\"], names = [\"**\"] }}]\n\
+         [[bindings]]\nprincipals = [\"unix:uid={}\"]\nroles = [\"owner\"]\n{extra}",
+        my_uid()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
