@@ -166,6 +166,12 @@ impl PasswordHasher {
     }
 }
 
+/// The parameters a stored PHC string asks for (after the same checks as
+/// [`PasswordHasher::verify`]): lets a service refuse costs it will not pay before verifying.
+pub fn params_of(stored: &str) -> Result<PasswordParams, PasswordError> {
+    parse(stored).map(|(_, p)| p)
+}
+
 /// Parses and bounds a stored string before any work is done with it.
 fn parse(stored: &str) -> Result<(PasswordHash<'_>, PasswordParams), PasswordError> {
     if stored.len() > 256 {

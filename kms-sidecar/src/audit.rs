@@ -901,6 +901,20 @@ pub fn verify(files: &[PathBuf], key: &AuditKey, options: &VerifyOptions) -> Res
         if report.head.is_none() {
             report.first_seq = rec.seq;
         }
+        // The expected head is checked where the log passes it, not only at its end: a log
+        // that grew since must still contain exactly that record.
+        if let Some(expected) = options.expected_head
+            && rec.seq == expected.seq
+            && !bool::from(rec.mac.ct_eq(&expected.mac))
+        {
+            report.problem = Some(Problem {
+                file,
+                line: raw.line,
+                kind: ProblemKind::Edited,
+                message: format!("record seq {} ({at}) differs from the expected head {expected}", rec.seq),
+            });
+            break;
+        }
         (report.head, report.last_seq) = (Some(AuditHead { seq: rec.seq, mac: rec.mac }), rec.seq);
         report.records += 1;
         report.ends_with_stop = rec.op == STOP_OP;

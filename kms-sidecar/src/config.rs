@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// Prometheus metrics on http://IP:PORT/metrics, loopback addresses only [default: off].
     #[arg(long, env = "KMS_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Label the rotation-age metric with every key's name (off: only the count and the
+    /// oldest age, so the unauthenticated endpoint lists no tenant's key names).
+    #[arg(long, env = "KMS_METRICS_KEY_NAMES")]
+    pub metrics_key_names: Option<bool>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KMS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -217,6 +221,7 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<String>,
     metrics_listen: Option<String>,
+    metrics_key_names: Option<bool>,
 }
 
 /// Where the server listens.
@@ -292,6 +297,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Prometheus endpoint address (loopback), if enabled.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Per-key rotation-age series on the metrics endpoint.
+    pub metrics_key_names: bool,
     /// Settings that were ignored, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -497,6 +504,7 @@ impl ServeArgs {
             security,
             audit,
             metrics_listen,
+            metrics_key_names: self.metrics_key_names.or(file.metrics_key_names).unwrap_or(false),
             data_dir,
             listen,
             tls_auto_ttl,

@@ -59,6 +59,9 @@ pub fn status(e: KmsError) -> Status {
 /// cached; larger ones always run on a blocking thread so no worker stalls for long.
 pub const INLINE_MAX_PAYLOAD: usize = 64 * 1024;
 
+/// Most memory (KiB) a hash given to VerifyPassword may ask for: 64 MiB.
+pub const MAX_VERIFY_MEMORY_KIB: u32 = 64 * 1024;
+
 /// Most items in one BatchEncrypt/BatchDecrypt.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
@@ -280,17 +283,31 @@ fn token_to_pb(t: crate::keystore::TokenRecord) -> pb::TokenInfo {
     }
 }
 
-/// Key names of a batch for its audit record (at most 8, then a count).
-fn batch_keys<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let mut distinct: Vec<&str> = names.collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let more = distinct.len().saturating_sub(8);
-    let mut out = distinct.into_iter().take(8).collect::<Vec<_>>().join(",");
-    if more > 0 {
-        out.push_str(&format!(",+{more} more"));
+/// Certificate names for an audit record (bounded).
+fn names_detail(names: &[String]) -> String {
+    let mut out = names.iter().take(16).cloned().collect::<Vec<_>>().join(",");
+    if names.len() > 16 {
+        out.push_str(&format!(",+{} more", names.len() - 16));
     }
-    format!("keys {out}")
+    format!("names {out}")
+}
+
+/// What a batch touched, for its audit record: every distinct key an item was allowed
+/// to use (a batch holds at most [`MAX_BATCH_ITEMS`], so this is bounded) and how many
+/// items were refused.
+fn batch_keys<'a>(items: impl Iterator<Item = (&'a str, bool)>) -> String {
+    let mut allowed = Vec::new();
+    let mut denied = 0usize;
+    for (name, ok) in items {
+        if ok {
+            allowed.push(name);
+        } else {
+            denied += 1;
+        }
+    }
+    allowed.sort_unstable();
+    allowed.dedup();
+    format!("keys {}; {denied} items denied", allowed.join(","))
 }
 
 #[tonic::async_trait]
@@ -321,13 +338,10 @@ impl KmsRpc for KmsService {
     async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "CreateKey").await?;
         let name = r.into_inner().name;
-        let result = async {
-            call.authorize(Op::Admin, Resource::Key(&name))?;
-            call.attempt()?;
-            self.run(&call, move |k| k.create_key(&name).map(|k| metadata(&k))).await
+        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        self.commit(call, move |k| k.create_key(&name).map(|k| metadata(&k)), |m| Some(m.primary_version)).await
     }
 
     async fn describe_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
@@ -371,14 +385,11 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "ScheduleKeyDeletion").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::Admin, Resource::Key(&r.name))?;
-            call.attempt()?;
-            self.run(&call, move |k| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k)))
-                .await
+        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&r.name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let f = move |k: &Kms| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k));
+        self.commit(call, f, |_| None).await
     }
 
     async fn cancel_key_deletion(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
@@ -391,14 +402,11 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "SetMinDecryptVersion").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::Admin, Resource::Key(&r.name))?;
-            call.attempt()?;
-            self.run(&call, move |k| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k)))
-                .await
+        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&r.name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let f = move |k: &Kms| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k));
+        self.commit(call, f, |m| Some(m.min_decrypt_version)).await
     }
 
     async fn encrypt(&self, r: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
@@ -450,9 +458,9 @@ impl KmsRpc for KmsService {
         let r = r.into_inner();
         let result = async {
             self.check_batch(r.items.len(), r.items.iter().map(|i| i.plaintext.len()).sum())?;
-            call.set_detail(batch_keys(r.items.iter().map(|i| i.key_name.as_str())));
             let allowed: Vec<bool> =
                 r.items.iter().map(|i| call.may(Op::Encrypt, &Resource::Key(&i.key_name))).collect();
+            call.set_detail(batch_keys(r.items.iter().zip(&allowed).map(|(i, ok)| (i.key_name.as_str(), *ok))));
             self.run(&call, move |k| {
                 let results = r
                     .items
@@ -495,7 +503,11 @@ impl KmsRpc for KmsService {
             self.check_batch(r.items.len(), r.items.iter().map(|i| i.ciphertext.len()).sum())?;
             let keys: Vec<Result<(String, u32), KmsError>> =
                 r.items.iter().map(|i| Kms::ciphertext_key(&i.ciphertext)).collect();
-            call.set_detail(batch_keys(keys.iter().filter_map(|k| k.as_ref().ok()).map(|(n, _)| n.as_str())));
+            let detail = batch_keys(keys.iter().map(|k| match k {
+                Ok((n, _)) => (n.as_str(), call.may(Op::Decrypt, &Resource::Key(n))),
+                Err(_) => ("-", false),
+            }));
+            call.set_detail(detail);
             let allowed: Vec<Result<(), KmsError>> = keys
                 .into_iter()
                 .map(|k| {
@@ -619,23 +631,23 @@ impl KmsRpc for KmsService {
     async fn put_secret(&self, r: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
         let mut call = self.sec.begin(&r, "PutSecret").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::SecretsWrite, Resource::Secret(&r.name))?;
-            call.authorize(Op::Encrypt, Resource::Key(&r.key_name))?;
-            self.check_size(r.value.len())?;
-            call.attempt()?;
-            self.run(&call, move |k| {
-                Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? })
-            })
-            .await
+        call.set_detail(format!("secret {}", r.name.chars().take(255).collect::<String>()));
+        let ready = call
+            .authorize(Op::SecretsWrite, Resource::Secret(&r.name))
+            .and_then(|()| call.authorize(Op::Encrypt, Resource::Key(&r.key_name)))
+            .and_then(|()| self.check_size(r.value.len()))
+            .and_then(|()| call.attempt());
+        if let Err(s) = ready {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let f = move |k: &Kms| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? });
+        self.commit(call, f, |p| Some(p.version)).await
     }
 
     async fn get_secret(&self, r: Request<pb::GetSecretRequest>) -> Result<Response<pb::GetSecretResponse>, Status> {
         let mut call = self.sec.begin(&r, "GetSecret").await?;
         let r = r.into_inner();
+        call.set_detail(format!("secret {}", r.name.chars().take(255).collect::<String>()));
         let result = async {
             call.authorize(Op::SecretsRead, Resource::Secret(&r.name))?;
             let out = self
@@ -680,43 +692,38 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let mut call = self.sec.begin(&r, "DeleteSecret").await?;
         let name = r.into_inner().name;
-        let result = async {
-            call.authorize(Op::SecretsWrite, Resource::Secret(&name))?;
-            call.attempt()?;
-            self.run(&call, move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {})).await
+        call.set_detail(format!("secret {}", name.chars().take(255).collect::<String>()));
+        if let Err(s) = call.authorize(Op::SecretsWrite, Resource::Secret(&name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        self.commit(call, move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {}), |_| None).await
     }
 
     async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
         let mut call = self.sec.begin(&r, "InitCa").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::PkiAdmin, Resource::None)?;
-            call.attempt()?;
-            self.run(&call, move |k| {
-                let policy = crypto_core::pki::SanPolicy {
-                    dns: r.allowed_dns,
-                    ip: r.allowed_ip.iter().map(|n| crate::ca::parse_network(n)).collect::<Result<_, _>>()?,
-                    uri_prefixes: r.allowed_uri_prefixes,
-                };
-                let init = crate::ca::CaInit {
-                    common_name: r.common_name,
-                    key_type: key_type(&r.key_type)?,
-                    ttl: if r.ttl_seconds == 0 {
-                        std::time::Duration::from_secs(10 * 365 * 86_400)
-                    } else {
-                        std::time::Duration::from_secs(r.ttl_seconds)
-                    },
-                    policy,
-                };
-                Ok(pb::CaBundle { pem: k.init_ca(&init)?.bundle_pem })
-            })
-            .await
+        if let Err(s) = call.authorize(Op::PkiAdmin, Resource::None).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let f = move |k: &Kms| {
+            let policy = crypto_core::pki::SanPolicy {
+                dns: r.allowed_dns,
+                ip: r.allowed_ip.iter().map(|n| crate::ca::parse_network(n)).collect::<Result<_, _>>()?,
+                uri_prefixes: r.allowed_uri_prefixes,
+            };
+            let init = crate::ca::CaInit {
+                common_name: r.common_name,
+                key_type: key_type(&r.key_type)?,
+                ttl: if r.ttl_seconds == 0 {
+                    std::time::Duration::from_secs(10 * 365 * 86_400)
+                } else {
+                    std::time::Duration::from_secs(r.ttl_seconds)
+                },
+                policy,
+            };
+            Ok(pb::CaBundle { pem: k.init_ca(&init)?.bundle_pem })
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn issue_certificate(
@@ -725,60 +732,58 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let mut call = self.sec.begin(&r, "IssueCertificate").await?;
         let r = r.into_inner();
-        let result = async {
-            let sans = r
-                .sans
-                .iter()
-                .map(|s| crypto_core::pki::SubjectAltName::parse(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| status(e.into()))?;
-            for name in crate::ca::certificate_names(&r.common_name, &sans) {
-                call.authorize(Op::PkiIssue, Resource::Name(&name))?;
-            }
-            call.attempt()?;
-            self.run(&call, move |k| {
-                let request = crypto_core::pki::LeafRequest {
-                    common_name: r.common_name,
-                    sans,
-                    key_type: key_type(&r.key_type)?,
-                    ttl: std::time::Duration::from_secs(r.ttl_seconds),
-                    usage: usage(&r.usage)?,
-                };
-                Ok(issued_to_pb(k.issue_certificate(&request)?))
-            })
-            .await
+        let sans =
+            match r.sans.iter().map(|s| crypto_core::pki::SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>() {
+                Ok(s) => s,
+                Err(e) => return Err(call.fail(status(e.into()))),
+            };
+        let names = crate::ca::certificate_names(&r.common_name, &sans);
+        call.set_detail(names_detail(&names));
+        let mut ready = Ok(());
+        for name in &names {
+            ready = ready.and_then(|()| call.authorize(Op::PkiIssue, Resource::Name(name)));
         }
-        .await;
-        call.finish(result)
+        if let Err(s) = ready.and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
+        }
+        let f = move |k: &Kms| {
+            let request = crypto_core::pki::LeafRequest {
+                common_name: r.common_name,
+                sans,
+                key_type: key_type(&r.key_type)?,
+                ttl: std::time::Duration::from_secs(r.ttl_seconds),
+                usage: usage(&r.usage)?,
+            };
+            Ok(issued_to_pb(k.issue_certificate(&request)?))
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn sign_csr(&self, r: Request<pb::SignCsrRequest>) -> Result<Response<pb::IssuedCertificate>, Status> {
         let mut call = self.sec.begin(&r, "SignCsr").await?;
         let r = r.into_inner();
-        let result = async {
-            self.check_size(r.csr.len())?;
-            // The names are known only once the CSR is parsed: each is checked in
-            // `sign_csr_checked` before the certificate is recorded or returned.
-            call.authorize_op(Op::PkiIssue)?;
-            call.attempt()?;
-            let policy = self.sec.policy();
-            let names = call.names().to_vec();
-            self.run(&call, move |k| {
-                let ttl = std::time::Duration::from_secs(r.ttl_seconds);
-                let check = |certificate_names: &[String]| {
-                    for n in certificate_names {
-                        if !policy.allows(&names, Op::PkiIssue, &Resource::Name(n)) {
-                            return Err(KmsError::PermissionDenied(format!("pki-issue denied for name {n:?}")));
-                        }
-                    }
-                    Ok(())
-                };
-                Ok(issued_to_pb(k.sign_csr_checked(&r.csr, ttl, usage(&r.usage)?, &check)?))
-            })
-            .await
+        // The names are known only once the CSR is parsed: each is checked in
+        // `sign_csr_checked` before the certificate is recorded or returned.
+        let ready =
+            self.check_size(r.csr.len()).and_then(|()| call.authorize_op(Op::PkiIssue)).and_then(|()| call.attempt());
+        if let Err(s) = ready {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let policy = self.sec.policy();
+        let names = call.names().to_vec();
+        let f = move |k: &Kms| {
+            let ttl = std::time::Duration::from_secs(r.ttl_seconds);
+            let check = |certificate_names: &[String]| {
+                for n in certificate_names {
+                    if !policy.allows(&names, Op::PkiIssue, &Resource::Name(n)) {
+                        return Err(KmsError::PermissionDenied(format!("pki-issue denied for name {n:?}")));
+                    }
+                }
+                Ok(())
+            };
+            Ok(issued_to_pb(k.sign_csr_checked(&r.csr, ttl, usage(&r.usage)?, &check)?))
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn revoke_certificate(
@@ -787,22 +792,19 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::CertificateInfo>, Status> {
         let mut call = self.sec.begin(&r, "RevokeCertificate").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::PkiAdmin, Resource::None)?;
-            call.set_detail(format!("serial {}", r.serial.chars().take(64).collect::<String>()));
-            call.attempt()?;
-            self.run(&call, move |k| {
-                let reason = if r.reason.is_empty() {
-                    crypto_core::pki::RevocationReason::Unspecified
-                } else {
-                    crypto_core::pki::RevocationReason::parse(&r.reason)?
-                };
-                Ok(certificate_to_pb(k.revoke_certificate(&r.serial, reason)?))
-            })
-            .await
+        call.set_detail(format!("serial {}", r.serial.chars().take(64).collect::<String>()));
+        if let Err(s) = call.authorize(Op::PkiAdmin, Resource::None).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let f = move |k: &Kms| {
+            let reason = if r.reason.is_empty() {
+                crypto_core::pki::RevocationReason::Unspecified
+            } else {
+                crypto_core::pki::RevocationReason::parse(&r.reason)?
+            };
+            Ok(certificate_to_pb(k.revoke_certificate(&r.serial, reason)?))
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn list_certificates(
@@ -852,29 +854,33 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let mut call = self.sec.begin(&r, "CreateToken").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::TokenAdmin, Resource::None)?;
-            call.set_detail(format!("token:{}", r.name.chars().take(64).collect::<String>()));
-            call.attempt()?;
-            let sec = self.sec.clone();
-            let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds));
-            let created = self.run(&call, move |_| sec.create_token(&r.name, ttl)).await?;
-            call.set_detail(format!("token:{} id {}", created.record.name, created.record.id));
-            let token = String::from_utf8(created.token.expose_secret().to_vec())
-                .map_err(|_| Status::internal("token encoding"))?;
-            Ok(pb::CreateTokenResponse { token, info: Some(token_to_pb(created.record)) })
+        call.set_detail(format!("token:{}", r.name.chars().take(64).collect::<String>()));
+        if let Err(s) = call.authorize(Op::TokenAdmin, Resource::Token(&r.name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let sec = self.sec.clone();
+        let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds));
+        let f = move |_: &Kms| {
+            let created = sec.create_token(&r.name, ttl)?;
+            let token = String::from_utf8(created.token.expose_secret().to_vec())
+                .map_err(|_| KmsError::Internal("token encoding".into()))?;
+            Ok(pb::CreateTokenResponse { token, info: Some(token_to_pb(created.record)) })
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn list_tokens(&self, r: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
         let mut call = self.sec.begin(&r, "ListTokens").await?;
         let result = async {
-            call.authorize(Op::TokenAdmin, Resource::None)?;
+            call.authorize_op(Op::TokenAdmin)?;
             let sec = self.sec.clone();
             let tokens = self.run(&call, move |_| sec.list_tokens()).await?;
-            Ok(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_to_pb).collect() })
+            let tokens = tokens
+                .into_iter()
+                .filter(|t| call.may(Op::TokenAdmin, &Resource::Token(&t.name)))
+                .map(token_to_pb)
+                .collect();
+            Ok(pb::ListTokensResponse { tokens })
         }
         .await;
         call.finish(result)
@@ -886,16 +892,18 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let mut call = self.sec.begin(&r, "RevokeToken").await?;
         let r = r.into_inner();
-        let result = async {
-            call.authorize(Op::TokenAdmin, Resource::None)?;
-            call.set_detail(format!("token {}", r.id_or_name.chars().take(64).collect::<String>()));
-            call.attempt()?;
-            let sec = self.sec.clone();
-            let tokens = self.run(&call, move |_| sec.revoke_tokens(&r.id_or_name)).await?;
-            Ok(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_to_pb).collect() })
+        call.set_detail(format!("token {}", r.id_or_name.chars().take(64).collect::<String>()));
+        if let Err(s) = call.authorize_op(Op::TokenAdmin).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        let sec = self.sec.clone();
+        let (policy, names) = (self.sec.policy(), call.names().to_vec());
+        let f = move |_: &Kms| {
+            let revoked = sec
+                .revoke_tokens(&r.id_or_name, &|name| policy.allows(&names, Op::TokenAdmin, &Resource::Token(name)))?;
+            Ok(pb::ListTokensResponse { tokens: revoked.into_iter().map(token_to_pb).collect() })
+        };
+        self.commit(call, f, |_| None).await
     }
 
     async fn audit_head(&self, r: Request<pb::AuditHeadRequest>) -> Result<Response<pb::AuditHeadResponse>, Status> {
@@ -916,11 +924,13 @@ impl KmsRpc for KmsService {
         let result = async {
             call.authorize(Op::Password, Resource::None)?;
             let passwords = self.passwords.clone();
-            let _slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
+            let slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| Status::deadline_exceeded("waiting for a password-hashing slot"))?
                 .map_err(|_| Status::unavailable("shutting down"))?;
             self.run(&call, move |_| {
+                // Held by the thread doing the work, even if the request's deadline passes.
+                let _slot = slot;
                 let hash = passwords.hasher.hash(&password).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
                 Ok(pb::HashPasswordResponse { hash })
             })
@@ -939,13 +949,22 @@ impl KmsRpc for KmsService {
         let (hash, password) = (r.hash, zeroize::Zeroizing::new(r.password));
         let result = async {
             call.authorize(Op::Password, Resource::None)?;
+            // The stored string sets the cost: refuse more than a service hash needs before
+            // any work (memory is what a slot does not bound).
+            let cost = crypto_core::password::params_of(&hash).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if cost.memory_kib > MAX_VERIFY_MEMORY_KIB || cost.iterations > 8 || cost.lanes > 4 {
+                return Err(Status::invalid_argument(format!(
+                    "password hash parameters above m={MAX_VERIFY_MEMORY_KIB}, t=8, p=4 are refused"
+                )));
+            }
             let passwords = self.passwords.clone();
-            let _slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
+            let slot = tokio::time::timeout_at(call.deadline().into(), passwords.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| Status::deadline_exceeded("waiting for a password-hashing slot"))?
                 .map_err(|_| Status::unavailable("shutting down"))?;
             let out = self
                 .run(&call, move |_| {
+                    let _slot = slot;
                     let bad = |e: crypto_core::password::PasswordError| KmsError::InvalidArgument(e.to_string());
                     let valid = passwords.hasher.verify(&hash, &password).map_err(bad)?
                         == crypto_core::password::Verification::Match;
@@ -971,14 +990,36 @@ impl KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, op).await?;
         let name = r.into_inner().name;
-        let result = async {
-            call.authorize(Op::Admin, Resource::Key(&name))?;
-            call.attempt()?;
-            let out = self.run(&call, move |k| f(k, &name).map(|k| metadata(&k))).await?;
-            call.set_version(out.primary_version);
-            Ok(out)
+        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&name)).and_then(|()| call.attempt()) {
+            return Err(call.fail(s));
         }
-        .await;
-        call.finish(result)
+        self.commit(call, move |k| f(k, &name).map(|k| metadata(&k)), |m| Some(m.primary_version)).await
+    }
+
+    /// Carries out a state change whose `attempt` record is written, to the end: it runs
+    /// in a task of its own that is not cancelled by the deadline or by the client going
+    /// away, and that task writes the `result` record, so the audit log always says what
+    /// happened.
+    async fn commit<T: Send + 'static>(
+        &self,
+        mut call: Call,
+        f: impl FnOnce(&Kms) -> Result<T, KmsError> + Send + 'static,
+        version: fn(&T) -> Option<u32>,
+    ) -> Result<Response<T>, Status> {
+        if let Err(s) = call.check_deadline() {
+            return Err(call.fail(s));
+        }
+        let kms = self.kms.clone();
+        let task = tokio::spawn(async move {
+            let result = match tokio::task::spawn_blocking(move || f(&kms)).await {
+                Ok(r) => r.map_err(status),
+                Err(_) => Err(Status::internal("operation panicked")),
+            };
+            if let Some(v) = result.as_ref().ok().and_then(version) {
+                call.set_version(v);
+            }
+            call.finish(result)
+        });
+        task.await.unwrap_or_else(|_| Err(Status::internal("operation task failed")))
     }
 }

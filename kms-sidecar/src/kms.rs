@@ -672,9 +672,10 @@ impl Kms {
         context: &BTreeMap<String, String>,
     ) -> Result<(crypto_core::secret::SecretBytes, String, u32), KmsError> {
         let ctx = EncryptionContext::from(context.clone());
-        let header = self.envelope().inspect(ciphertext)?;
+        // The entry this KMS unwraps (not necessarily the header's first).
+        let (key_name, key_version) = Self::ciphertext_key(ciphertext)?;
         let plaintext = self.envelope().open(&ctx, ciphertext)?;
-        Ok((crypto_core::secret::SecretBytes::new(plaintext), header.key_name().to_owned(), header.key_version()))
+        Ok((crypto_core::secret::SecretBytes::new(plaintext), key_name, key_version))
     }
 
     /// A sealer for a new stream-form message under `key_name` (for streaming encryption:
@@ -704,8 +705,18 @@ impl Kms {
     }
 
     /// Re-wraps a ciphertext's data key under its key's primary version.
+    ///
+    /// The header's first wrapped key must be this KMS's: that is the entry re-wrapping
+    /// replaces, and the one authorization checked (an entry of another provider placed
+    /// first could otherwise redirect the re-wrap to any key).
     pub fn re_encrypt(&self, ciphertext: &[u8]) -> Result<(Vec<u8>, u32, u32), KmsError> {
-        let before = self.envelope().inspect(ciphertext)?.key_version();
+        let header = self.envelope().inspect(ciphertext)?;
+        if header.wrapped_keys().first().is_none_or(|w| w.provider_id != PROVIDER_ID) {
+            return Err(KmsError::InvalidArgument(
+                "ReEncrypt needs a ciphertext whose first wrapped key is this KMS's".into(),
+            ));
+        }
+        let before = header.key_version();
         let out = self.envelope().rewrap(ciphertext)?;
         let after = self.envelope().inspect(&out)?.key_version();
         Ok((out, before, after))

@@ -87,6 +87,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut fresh = [0u8; 32];
     crypto_core::fill_random(&mut fresh);
+    let key_existed = settings.audit.key_file.exists();
     let audit_key = AuditKey::load_or_create(&settings.audit.key_file, fresh)?;
     fresh.zeroize();
     let audit = Arc::new(AuditLog::open(
@@ -97,7 +98,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         },
         audit_key,
     )?);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if settings.metrics_key_names { Metrics::new().with_key_names() } else { Metrics::new() });
     let sec = Arc::new(Security::new(kms.clone(), settings.security.clone(), audit.clone(), metrics.clone())?);
     tracing::info!(
         policy = sec.policy().source(),
@@ -105,8 +106,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         audit_head = %audit.head(),
         "request gate ready"
     );
-    sec.event("sidecar.start", "OK", Some(&format!("kms-sidecar {}", env!("CARGO_PKG_VERSION"))))
-        .map_err(|e| format!("audit log: {e}"))?;
+    // The start record names the head it continues from; a log that starts over although
+    // its key existed (every audit file removed or archived) is said so, loudly.
+    let resumed = audit.head();
+    let mut start_detail = format!("kms-sidecar {}; continues from {resumed}", env!("CARGO_PKG_VERSION"));
+    if key_existed && resumed.seq == 0 {
+        tracing::warn!(
+            audit_log = %settings.audit.path.display(),
+            "the audit log starts again from seq 1 although its key existed: earlier audit files were removed or archived"
+        );
+        start_detail.push_str("; WARNING: log restarted from genesis although the audit key existed");
+    }
+    sec.event("sidecar.start", "OK", Some(&start_detail)).map_err(|e| format!("audit log: {e}"))?;
 
     // The PostgreSQL client owns a runtime of its own, which must not be dropped inside
     // ours: `store` and `kms` stay alive here until the server runtime has finished.
@@ -116,7 +127,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let sec_served = sec.clone();
     let served_result = runtime.block_on(async move {
         let sec = sec_served;
-        let purge = tokio::spawn(deletion_job(served.clone(), settings.deletion_check_interval));
+        let purge = tokio::spawn(deletion_job(served.clone(), sec.clone(), settings.deletion_check_interval));
         let reload = tokio::spawn(reload_on_hangup(sec.clone()));
         // Every --tls auto identity is set up before any listener starts, so a failure there
         // stops the start instead of leaving half the listeners running.
@@ -273,7 +284,7 @@ fn key_ages(kms: &Kms) -> Vec<(String, u64)> {
 }
 
 /// Destroys keys whose deletion window has passed, every `interval`.
-async fn deletion_job(kms: Arc<Kms>, interval: std::time::Duration) {
+async fn deletion_job(kms: Arc<Kms>, sec: Arc<Security>, interval: std::time::Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -282,7 +293,14 @@ async fn deletion_job(kms: Arc<Kms>, interval: std::time::Duration) {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         match tokio::task::spawn_blocking(move || kms.purge_due_deletions(now)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(destroyed)) => {
+                for name in destroyed {
+                    let detail = format!("key {name}: deletion window passed, material erased");
+                    if let Err(e) = sec.event("key.destroyed", "OK", Some(&detail)) {
+                        tracing::error!(error = %e, key = %name, "audit log: could not record a key destruction");
+                    }
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "deletion job failed; retrying at the next interval"),
             Err(_) => tracing::error!("deletion job panicked"),
         }

@@ -131,6 +131,7 @@ struct Requests {
 /// Process-wide KMS metrics. Cheap to record from many threads; share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
+    key_names: bool,
     requests: RwLock<Requests>,
     key_cache_hits: AtomicU64,
     key_cache_misses: AtomicU64,
@@ -149,6 +150,7 @@ impl Metrics {
     /// Creates an empty metrics registry (the known rejection reasons start at zero).
     pub fn new() -> Self {
         Self {
+            key_names: false,
             requests: RwLock::default(),
             key_cache_hits: AtomicU64::new(0),
             key_cache_misses: AtomicU64::new(0),
@@ -156,6 +158,15 @@ impl Metrics {
             audit_write_failures: AtomicU64::new(0),
             rejected: LabeledCounters::with_keys(&["concurrency", "rate_limit"]),
         }
+    }
+
+    /// Also renders one age series per key, labelled with the key's name. Off by default:
+    /// the endpoint is unauthenticated, and key names of every tenant would be readable by
+    /// any local process.
+    #[must_use]
+    pub fn with_key_names(mut self) -> Self {
+        self.key_names = true;
+        self
     }
 
     /// One finished request: counts `kms_requests_total{op,code}` and observes the
@@ -249,16 +260,31 @@ impl Metrics {
             let _ = writeln!(out, "kms_rejected_requests_total{{reason=\"{}\"}} {n}", escape(reason));
         }
 
+        header(&mut out, "kms_keys", "gauge", "Keys in the keystore.");
+        let _ = writeln!(out, "kms_keys {}", key_ages.len());
         header(
             &mut out,
-            "kms_key_primary_version_age_seconds",
+            "kms_key_primary_version_age_max_seconds",
             "gauge",
-            "Seconds since the key's primary version was created.",
+            "Seconds since the oldest primary version among all keys was created (rotation lag).",
         );
-        let mut ages: Vec<&(String, u64)> = key_ages.iter().collect();
-        ages.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, age) in ages {
-            let _ = writeln!(out, "kms_key_primary_version_age_seconds{{key=\"{}\"}} {age}", escape(key));
+        let _ = writeln!(
+            out,
+            "kms_key_primary_version_age_max_seconds {}",
+            key_ages.iter().map(|a| a.1).max().unwrap_or(0)
+        );
+        if self.key_names {
+            header(
+                &mut out,
+                "kms_key_primary_version_age_seconds",
+                "gauge",
+                "Seconds since the key's primary version was created.",
+            );
+            let mut ages: Vec<&(String, u64)> = key_ages.iter().collect();
+            ages.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, age) in ages {
+                let _ = writeln!(out, "kms_key_primary_version_age_seconds{{key=\"{}\"}} {age}", escape(key));
+            }
         }
         out
     }
@@ -448,7 +474,10 @@ mod tests {
 
     #[test]
     fn key_ages_escaped_and_sorted() {
-        let m = Metrics::default();
+        let plain = Metrics::default().render(&[("z".into(), 5), ("secret-tenant/k".into(), 42)]);
+        assert!(!plain.contains("secret-tenant"), "no key names unless asked");
+        assert!(plain.contains("kms_keys 2\n") && plain.contains("kms_key_primary_version_age_max_seconds 42\n"));
+        let m = Metrics::default().with_key_names();
         let out = m.render(&[("z".into(), 5), ("a\"b\\c\nd".into(), 42)]);
         let a = out.find("kms_key_primary_version_age_seconds{key=\"a\\\"b\\\\c\\nd\"} 42\n").unwrap();
         let z = out.find("kms_key_primary_version_age_seconds{key=\"z\"} 5\n").unwrap();
@@ -458,7 +487,7 @@ mod tests {
 
     #[test]
     fn help_and_type_once_per_family() {
-        let m = Metrics::new();
+        let m = Metrics::new().with_key_names();
         m.record_request("Encrypt", "OK", Duration::from_millis(1));
         m.record_request("Decrypt", "OK", Duration::from_millis(1));
         let out = m.render(&[("k".into(), 1)]);
@@ -470,6 +499,8 @@ mod tests {
             ("kms_audit_write_duration_seconds", "histogram"),
             ("kms_audit_write_failures_total", "counter"),
             ("kms_rejected_requests_total", "counter"),
+            ("kms_keys", "gauge"),
+            ("kms_key_primary_version_age_max_seconds", "gauge"),
             ("kms_key_primary_version_age_seconds", "gauge"),
         ];
         for (name, kind) in families {
@@ -546,7 +577,7 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
         assert!(resp.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"));
         assert!(resp.contains("\nkms_requests_total{op=\"Encrypt\",code=\"OK\"} 1\n"), "{resp}");
-        assert!(resp.contains("\nkms_key_primary_version_age_seconds{key=\"primary\"} 7\n"), "{resp}");
+        assert!(resp.contains("\nkms_key_primary_version_age_max_seconds 7\n"), "{resp}");
 
         assert!(get(addr, "GET", "/nope").await.starts_with("HTTP/1.1 404 "));
         assert!(get(addr, "POST", "/metrics").await.starts_with("HTTP/1.1 405 "));

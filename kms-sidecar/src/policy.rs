@@ -38,12 +38,17 @@
 //! | `secrets-write` | PutSecret, DeleteSecret | secret name |
 //! | `pki-issue` | IssueCertificate, SignCsr | every requested name: `cn:…`, `dns:…`, `ip:…`, `uri:…` |
 //! | `pki-admin` | InitCa, RevokeCertificate, ListCertificates | none |
-//! | `token-admin` | CreateToken, ListTokens, RevokeToken | none |
+//! | `token-admin` | CreateToken, RevokeToken; ListTokens shows only such tokens | token name |
 //! | `audit-read` | AuditHead | none |
 //! | `password` | HashPassword, VerifyPassword | none |
 //!
 //! GetCaBundle, GetCrl, WhoAmI and the health service are open to every authenticated
-//! caller (they reveal nothing secret). `"*"` as an operation means all of them.
+//! caller (they reveal nothing secret). `"*"` as an operation means every operation on the
+//! kinds of resource the grant lists (`keys`, `secrets`, `names`, `tokens`); the global
+//! operations `pki-admin`, `audit-read` and `password` must always be named. Note that
+//! `token-admin` on a name lets the holder act as `token:<name>`, and `pki-issue` on
+//! `uri:`/`cn:` names lets the holder obtain `cert:`/`cert-cn:` identities from the
+//! sidecar's CA: grant both as narrowly as the identities they amount to.
 //!
 //! **Patterns** (principals and resources): `*` matches any run of characters except `/`,
 //! `**` any run including `/`, `?` one character other than `/`; everything else matches
@@ -133,7 +138,8 @@ impl Op {
             Op::Encrypt | Op::Decrypt | Op::Rewrap | Op::DataKey | Op::Admin => ResourceKind::Key,
             Op::SecretsRead | Op::SecretsWrite => ResourceKind::Secret,
             Op::PkiIssue => ResourceKind::Name,
-            Op::PkiAdmin | Op::AuditRead | Op::TokenAdmin | Op::Password => ResourceKind::None,
+            Op::TokenAdmin => ResourceKind::Token,
+            Op::PkiAdmin | Op::AuditRead | Op::Password => ResourceKind::None,
         }
     }
 }
@@ -143,6 +149,7 @@ enum ResourceKind {
     Key,
     Secret,
     Name,
+    Token,
     None,
 }
 
@@ -155,6 +162,8 @@ pub enum Resource<'a> {
     Secret(&'a str),
     /// A certificate name (`cn:…`, `dns:…`, `ip:…`, `uri:…`).
     Name(&'a str),
+    /// An API token's name.
+    Token(&'a str),
     /// No resource (global operations).
     None,
 }
@@ -165,6 +174,7 @@ impl Resource<'_> {
             Resource::Key(_) => ResourceKind::Key,
             Resource::Secret(_) => ResourceKind::Secret,
             Resource::Name(_) => ResourceKind::Name,
+            Resource::Token(_) => ResourceKind::Token,
             Resource::None => ResourceKind::None,
         }
     }
@@ -288,6 +298,8 @@ struct FileGrant {
     secrets: Vec<String>,
     #[serde(default)]
     names: Vec<String>,
+    #[serde(default)]
+    tokens: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +330,7 @@ struct Grant {
     keys: Vec<Pattern>,
     secrets: Vec<Pattern>,
     names: Vec<Pattern>,
+    tokens: Vec<Pattern>,
 }
 
 impl Grant {
@@ -329,6 +342,7 @@ impl Grant {
             Resource::Key(k) => self.keys.iter().any(|p| p.matches(k)),
             Resource::Secret(s) => self.secrets.iter().any(|p| p.matches(s)),
             Resource::Name(n) => self.names.iter().any(|p| p.matches(n)),
+            Resource::Token(t) => self.tokens.iter().any(|p| p.matches(t)),
             Resource::None => true,
         }
     }
@@ -363,7 +377,16 @@ impl Policy {
                 let mut ops = Vec::new();
                 for o in &g.operations {
                     if o == "*" {
-                        ops.extend(Op::ALL);
+                        // Every operation on the kinds of resource the grant lists; the
+                        // global ones (pki-admin, audit-read, password) only when named.
+                        let listed = |kind| match kind {
+                            ResourceKind::Key => !g.keys.is_empty(),
+                            ResourceKind::Secret => !g.secrets.is_empty(),
+                            ResourceKind::Name => !g.names.is_empty(),
+                            ResourceKind::Token => !g.tokens.is_empty(),
+                            ResourceKind::None => false,
+                        };
+                        ops.extend(Op::ALL.into_iter().filter(|op| listed(op.kind())));
                     } else {
                         ops.push(Op::parse(o).ok_or_else(|| {
                             PolicyError::Invalid(format!(
@@ -374,15 +397,23 @@ impl Policy {
                     }
                 }
                 if ops.is_empty() {
-                    return Err(PolicyError::Invalid(format!("role {name:?}: a grant without operations")));
+                    return Err(PolicyError::Invalid(format!(
+                        "role {name:?}: a grant without operations (\"*\" covers only the kinds of resource listed)"
+                    )));
                 }
                 let patterns = |list: &[String]| list.iter().map(|p| Pattern::new(p)).collect::<Result<Vec<_>, _>>();
-                let grant =
-                    Grant { keys: patterns(&g.keys)?, secrets: patterns(&g.secrets)?, names: patterns(&g.names)?, ops };
+                let grant = Grant {
+                    keys: patterns(&g.keys)?,
+                    secrets: patterns(&g.secrets)?,
+                    names: patterns(&g.names)?,
+                    tokens: patterns(&g.tokens)?,
+                    ops,
+                };
                 for (kind, list, field) in [
                     (ResourceKind::Key, &grant.keys, "keys"),
                     (ResourceKind::Secret, &grant.secrets, "secrets"),
                     (ResourceKind::Name, &grant.names, "names"),
+                    (ResourceKind::Token, &grant.tokens, "tokens"),
                 ] {
                     // An operation named explicitly (not through "*") needs its resources.
                     let explicit = g.operations.iter().any(|o| Op::parse(o).is_some_and(|op| op.kind() == kind));
@@ -438,7 +469,8 @@ impl Policy {
                     ops: Op::ALL.to_vec(),
                     keys: vec![all.clone()],
                     secrets: vec![all.clone()],
-                    names: vec![all],
+                    names: vec![all.clone()],
+                    tokens: vec![all],
                 }],
             }],
             source: format!("built-in: only unix:uid={uid}"),
@@ -515,7 +547,7 @@ mod tests {
         grants = [{ operations = ["encrypt", "decrypt"], keys = ["tenant-a/**"] },
                   { operations = ["secrets-read"], secrets = ["tenant-a/*"] }]
         [roles.admin]
-        grants = [{ operations = ["*"], keys = ["**"], secrets = ["**"], names = ["**"] }]
+        grants = [{ operations = ["*", "pki-admin"], keys = ["**"], secrets = ["**"], names = ["**"], tokens = ["**"] }]
         [roles.hasher]
         grants = [{ operations = ["password"] }]
         [[bindings]]
@@ -538,21 +570,51 @@ mod tests {
         assert!(p.allows(&a, Op::SecretsRead, &Resource::Secret("tenant-a/pw")));
         assert!(!p.allows(&a, Op::SecretsWrite, &Resource::Secret("tenant-a/pw")));
         assert!(p.allows(&a, Op::Password, &Resource::None));
-        assert!(!p.allows(&a, Op::TokenAdmin, &Resource::None));
+        assert!(!p.allows(&a, Op::TokenAdmin, &Resource::Token("app-a")));
         assert!(p.allows_any_on_key(&a, "tenant-a/db"));
         assert!(!p.allows_any_on_key(&a, "tenant-b/db"));
         let nobody = vec!["token:other".to_owned(), "anonymous".to_owned()];
         for op in Op::ALL {
-            for r in [Resource::Key("tenant-a/db"), Resource::Secret("s"), Resource::Name("dns:x"), Resource::None] {
+            for r in [
+                Resource::Key("tenant-a/db"),
+                Resource::Secret("s"),
+                Resource::Name("dns:x"),
+                Resource::Token("t"),
+                Resource::None,
+            ] {
                 assert!(!p.allows(&nobody, op, &r));
             }
         }
         let root = vec!["unix:uid=1000".to_owned(), "unix:gid=0".to_owned()];
-        assert!(p.allows(&root, Op::TokenAdmin, &Resource::None));
+        assert!(p.allows(&root, Op::TokenAdmin, &Resource::Token("ci")));
+        assert!(p.allows(&root, Op::PkiAdmin, &Resource::None));
+        assert!(!p.allows(&root, Op::AuditRead, &Resource::None), "\"*\" does not include unnamed global operations");
         assert!(p.allows(&root, Op::PkiIssue, &Resource::Name("dns:anything")));
         let owner = Policy::owner_only(1000);
         assert!(owner.allows(&["unix:uid=1000".into()], Op::Admin, &Resource::Key("k")));
         assert!(!owner.allows(&["unix:uid=1001".into()], Op::Admin, &Resource::Key("k")));
+    }
+
+    #[test]
+    fn star_covers_only_the_listed_kinds_of_resource() {
+        let p = Policy::parse(
+            "[roles.ka]\ngrants = [{ operations = [\"*\"], keys = [\"tenant-a/**\"] }]\n\
+             [[bindings]]\nprincipals = [\"token:ka\"]\nroles = [\"ka\"]\n",
+        )
+        .unwrap();
+        let ka = vec!["token:ka".to_owned()];
+        assert!(p.allows(&ka, Op::Admin, &Resource::Key("tenant-a/x")));
+        for (op, r) in [
+            (Op::TokenAdmin, Resource::Token("ops")),
+            (Op::PkiAdmin, Resource::None),
+            (Op::AuditRead, Resource::None),
+            (Op::Password, Resource::None),
+            (Op::PkiIssue, Resource::Name("uri:spiffe://x/ops")),
+            (Op::SecretsRead, Resource::Secret("tenant-a/x")),
+        ] {
+            assert!(!p.allows(&ka, op, &r), "{op:?}");
+        }
+        assert!(!p.allows_op_somewhere(&ka, Op::TokenAdmin));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct Security {
     metrics: Arc<Metrics>,
     id_prefix: String,
     next_id: AtomicU64,
+    /// Bumped before every revocation: a token read that overlapped one is not cached.
+    revocations: AtomicU64,
 }
 
 impl std::fmt::Debug for Security {
@@ -202,6 +204,7 @@ impl Security {
             metrics,
             id_prefix: hex::encode(prefix),
             next_id: AtomicU64::new(1),
+            revocations: AtomicU64::new(0),
         })
     }
 
@@ -231,7 +234,10 @@ impl Security {
             Ok(p) => ("OK", p.source().to_owned()),
             Err(e) => ("INVALID_ARGUMENT", e.to_string()),
         };
-        let _ = self.event("policy.reload", code, Some(&detail));
+        if let Err(e) = self.event("policy.reload", code, Some(&detail)) {
+            // Fail closed: no policy change that the audit log does not show.
+            return Err(PolicyError::Invalid(format!("not applied: the audit log cannot record it ({e})")));
+        }
         let policy = loaded?;
         let source = policy.source().to_owned();
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
@@ -290,7 +296,19 @@ impl Security {
     }
 
     /// Revokes a token by id, or every token of a name; effective on this sidecar at once.
-    pub fn revoke_tokens(&self, id_or_name: &str) -> Result<Vec<TokenRecord>, KmsError> {
+    /// `may_revoke` is asked for the name of every token that would be revoked first; if it
+    /// refuses any, nothing is revoked.
+    pub fn revoke_tokens(
+        &self,
+        id_or_name: &str,
+        may_revoke: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<TokenRecord>, KmsError> {
+        let targets = self.list_tokens()?;
+        let targets = targets.iter().filter(|t| (t.id == id_or_name || t.name == id_or_name) && t.revoked_at.is_none());
+        if let Some(t) = targets.clone().find(|t| !may_revoke(&t.name)) {
+            return Err(KmsError::PermissionDenied(format!("token-admin denied on token {:?}", t.name)));
+        }
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         let revoked = self.kms.store().revoke_tokens(id_or_name, now_unix()).map_err(store_err)?;
         let mut cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|id, (t, _)| id != id_or_name && t.name != id_or_name);
@@ -318,16 +336,21 @@ impl Security {
                 let kms = self.kms.clone();
                 let id_owned = id.to_owned();
                 let read_at = Instant::now();
+                let generation = self.revocations.load(Ordering::SeqCst);
                 let found = tokio::task::spawn_blocking(move || kms.store().get_token(&id_owned))
                     .await
                     .map_err(|_| Status::internal("token lookup panicked"))?;
                 match found {
                     Ok(r) => {
                         let mut cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-                        if cache.len() >= 65_536 {
-                            cache.clear();
+                        // A revocation that began during the read may not be in `r`: such a
+                        // record is used once but never cached.
+                        if self.revocations.load(Ordering::SeqCst) == generation {
+                            if cache.len() >= 65_536 {
+                                cache.clear();
+                            }
+                            cache.insert(id.to_owned(), (r.clone(), read_at));
                         }
-                        cache.insert(id.to_owned(), (r.clone(), read_at));
                         r
                     }
                     Err(StoreError::NotFound(_)) => return Ok(None),
@@ -388,6 +411,19 @@ impl Security {
         if let Some(t) = grpc_timeout(request) {
             call.deadline = call.deadline.min(start + t);
         }
+        // The concurrency limit comes first, so a flood of bogus tokens cannot make
+        // unbounded keystore reads.
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(p) => call.permit = Some(p),
+            Err(_) => {
+                self.metrics.rejected("concurrency");
+                call.principal = "unidentified".into();
+                return Err(call.refuse(Status::resource_exhausted(format!(
+                    "{} requests in progress (the limit); retry later",
+                    self.options.max_concurrent_requests
+                ))));
+            }
+        }
         let bearer = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("").to_owned());
         match bearer {
             Some(v) => {
@@ -408,16 +444,6 @@ impl Security {
             None => {
                 call.principal = transport_names.first().cloned().unwrap_or_else(|| "anonymous".into());
                 call.names = if transport_names.is_empty() { vec!["anonymous".into()] } else { transport_names };
-            }
-        }
-        match self.in_flight.clone().try_acquire_owned() {
-            Ok(p) => call.permit = Some(p),
-            Err(_) => {
-                self.metrics.rejected("concurrency");
-                return Err(call.refuse(Status::resource_exhausted(format!(
-                    "{} requests in progress (the limit); retry later",
-                    self.options.max_concurrent_requests
-                ))));
             }
         }
         if !self.rate_ok(&call.principal) {
@@ -534,6 +560,7 @@ impl Call {
             Resource::Key(k) => format!(" on key {k:?}"),
             Resource::Secret(s) => format!(" on secret {s:?}"),
             Resource::Name(n) => format!(" for name {n:?}"),
+            Resource::Token(t) => format!(" on token {t:?}"),
             Resource::None => String::new(),
         };
         self.detail = Some(format!("{} denied{what}", op.name()));

@@ -168,7 +168,8 @@ pub(crate) fn my_uid() -> u32 {
 pub(crate) fn policy_file(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("policy.toml");
     let text = format!(
-        "[roles.owner]\ngrants = [{{ operations = [\"*\"], keys = [\"**\"], secrets = [\"**\"], names = [\"**\"] }}]\n\
+        "[roles.owner]\ngrants = [{{ operations = [\"*\", \"pki-admin\", \"audit-read\", \"password\"], keys = [\"**\"], \
+         secrets = [\"**\"], names = [\"**\"], tokens = [\"**\"] }}]\n\
          [[bindings]]\nprincipals = [\"unix:uid={}\"]\nroles = [\"owner\"]\n{extra}",
         my_uid()
     );
