@@ -375,6 +375,41 @@ impl AuditLog {
         Ok(st.head)
     }
 
+    /// Appends several records with one write (group commit): all of them or none. Returns
+    /// the new head. The same guarantees as [`AuditLog::append`] hold for the whole batch.
+    pub fn append_batch(&self, events: &[AuditEvent<'_>]) -> Result<AuditHead, AuditError> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *guard;
+        let Some(first) = st.head.seq.checked_add(1) else {
+            return Err(unavailable("the sequence number is exhausted"));
+        };
+        let mut head = st.head;
+        let mut lines = Vec::new();
+        for event in events {
+            let seq = head.seq.checked_add(1).ok_or_else(|| unavailable("the sequence number is exhausted"))?;
+            let (line, mac) = self.encode(seq, &head.mac, event)?;
+            lines.extend_from_slice(&line);
+            head = AuditHead { seq, mac };
+        }
+        if lines.is_empty() {
+            return Ok(st.head);
+        }
+        let before = self.prepare(st, first, lines.len() as u64)?;
+        let Some(file) = st.file.as_ref() else {
+            return Err(unavailable(format!("{} is not open", self.config.path.display())));
+        };
+        let written =
+            (&*file).write_all(&lines).and_then(|()| if self.config.fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            if file.set_len(before).is_err() {
+                st.torn = Some(before);
+            }
+            return Err(unavailable(format!("writing {}: {e}", self.config.path.display())));
+        }
+        st.head = head;
+        Ok(head)
+    }
+
     /// The head: seq and MAC of the last record written (or resumed).
     pub fn head(&self) -> AuditHead {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).head

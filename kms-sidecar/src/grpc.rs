@@ -338,8 +338,9 @@ impl KmsRpc for KmsService {
     async fn create_key(&self, r: Request<pb::CreateKeyRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "CreateKey").await?;
         let name = r.into_inner().name;
-        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::Admin, Resource::Key(&name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         self.commit(call, move |k| k.create_key(&name).map(|k| metadata(&k)), |m| Some(m.primary_version)).await
     }
@@ -352,7 +353,7 @@ impl KmsRpc for KmsService {
             self.run(&call, move |k| k.describe_key(&name).map(|k| metadata(&k))).await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn list_keys(&self, r: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -364,7 +365,7 @@ impl KmsRpc for KmsService {
             Ok(pb::ListKeysResponse { keys })
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn rotate_key(&self, r: Request<pb::KeyRef>) -> Result<Response<pb::KeyMetadata>, Status> {
@@ -385,8 +386,9 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "ScheduleKeyDeletion").await?;
         let r = r.into_inner();
-        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&r.name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::Admin, Resource::Key(&r.name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| k.schedule_key_deletion(&r.name, r.pending_window_seconds).map(|k| metadata(&k));
         self.commit(call, f, |_| None).await
@@ -402,8 +404,9 @@ impl KmsRpc for KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, "SetMinDecryptVersion").await?;
         let r = r.into_inner();
-        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&r.name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::Admin, Resource::Key(&r.name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k));
         self.commit(call, f, |m| Some(m.min_decrypt_version)).await
@@ -427,7 +430,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn decrypt(&self, r: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
@@ -447,7 +450,7 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn batch_encrypt(
@@ -490,7 +493,7 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn batch_decrypt(
@@ -544,7 +547,7 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn re_encrypt(&self, r: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
@@ -565,7 +568,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn generate_data_key(
@@ -591,7 +594,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn decrypt_data_key(
@@ -609,7 +612,7 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn re_encrypt_data_key(
@@ -625,7 +628,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn put_secret(&self, r: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
@@ -635,10 +638,9 @@ impl KmsRpc for KmsService {
         let ready = call
             .authorize(Op::SecretsWrite, Resource::Secret(&r.name))
             .and_then(|()| call.authorize(Op::Encrypt, Resource::Key(&r.key_name)))
-            .and_then(|()| self.check_size(r.value.len()))
-            .and_then(|()| call.attempt());
-        if let Err(s) = ready {
-            return Err(call.fail(s));
+            .and_then(|()| self.check_size(r.value.len()));
+        if let Err(s) = call.attempt_after(ready).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| Ok(pb::PutSecretResponse { version: k.put_secret(&r.name, &r.key_name, &r.value)? });
         self.commit(call, f, |p| Some(p.version)).await
@@ -665,7 +667,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn list_secrets(
@@ -683,7 +685,7 @@ impl KmsRpc for KmsService {
             Ok(pb::ListSecretsResponse { secrets })
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn delete_secret(
@@ -693,8 +695,9 @@ impl KmsRpc for KmsService {
         let mut call = self.sec.begin(&r, "DeleteSecret").await?;
         let name = r.into_inner().name;
         call.set_detail(format!("secret {}", name.chars().take(255).collect::<String>()));
-        if let Err(s) = call.authorize(Op::SecretsWrite, Resource::Secret(&name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::SecretsWrite, Resource::Secret(&name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         self.commit(call, move |k| k.delete_secret(&name).map(|()| pb::DeleteSecretResponse {}), |_| None).await
     }
@@ -702,8 +705,9 @@ impl KmsRpc for KmsService {
     async fn init_ca(&self, r: Request<pb::InitCaRequest>) -> Result<Response<pb::CaBundle>, Status> {
         let mut call = self.sec.begin(&r, "InitCa").await?;
         let r = r.into_inner();
-        if let Err(s) = call.authorize(Op::PkiAdmin, Resource::None).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::PkiAdmin, Resource::None);
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| {
             let policy = crypto_core::pki::SanPolicy {
@@ -735,7 +739,7 @@ impl KmsRpc for KmsService {
         let sans =
             match r.sans.iter().map(|s| crypto_core::pki::SubjectAltName::parse(s)).collect::<Result<Vec<_>, _>>() {
                 Ok(s) => s,
-                Err(e) => return Err(call.fail(status(e.into()))),
+                Err(e) => return Err(call.fail(status(e.into())).await),
             };
         let names = crate::ca::certificate_names(&r.common_name, &sans);
         call.set_detail(names_detail(&names));
@@ -743,8 +747,8 @@ impl KmsRpc for KmsService {
         for name in &names {
             ready = ready.and_then(|()| call.authorize(Op::PkiIssue, Resource::Name(name)));
         }
-        if let Err(s) = ready.and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        if let Err(s) = call.attempt_after(ready).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| {
             let request = crypto_core::pki::LeafRequest {
@@ -764,10 +768,9 @@ impl KmsRpc for KmsService {
         let r = r.into_inner();
         // The names are known only once the CSR is parsed: each is checked in
         // `sign_csr_checked` before the certificate is recorded or returned.
-        let ready =
-            self.check_size(r.csr.len()).and_then(|()| call.authorize_op(Op::PkiIssue)).and_then(|()| call.attempt());
-        if let Err(s) = ready {
-            return Err(call.fail(s));
+        let ready = self.check_size(r.csr.len()).and_then(|()| call.authorize_op(Op::PkiIssue));
+        if let Err(s) = call.attempt_after(ready).await {
+            return Err(call.fail(s).await);
         }
         let policy = self.sec.policy();
         let names = call.names().to_vec();
@@ -793,8 +796,9 @@ impl KmsRpc for KmsService {
         let mut call = self.sec.begin(&r, "RevokeCertificate").await?;
         let r = r.into_inner();
         call.set_detail(format!("serial {}", r.serial.chars().take(64).collect::<String>()));
-        if let Err(s) = call.authorize(Op::PkiAdmin, Resource::None).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::PkiAdmin, Resource::None);
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let f = move |k: &Kms| {
             let reason = if r.reason.is_empty() {
@@ -822,13 +826,13 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn get_ca_bundle(&self, r: Request<pb::GetCaBundleRequest>) -> Result<Response<pb::CaBundle>, Status> {
         let call = self.sec.begin(&r, "GetCaBundle").await?;
         let result = self.run(&call, |k| Ok(pb::CaBundle { pem: k.ca_info()?.bundle_pem })).await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn get_crl(&self, r: Request<pb::GetCrlRequest>) -> Result<Response<pb::Crl>, Status> {
@@ -839,13 +843,13 @@ impl KmsRpc for KmsService {
                 Ok(pb::Crl { pem: crypto_core::pki::to_pem("X509 CRL", &der), number })
             })
             .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn who_am_i(&self, r: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let call = self.sec.begin(&r, "WhoAmI").await?;
         let out = pb::WhoAmIResponse { identity: call.principal().to_owned(), names: call.names().to_vec() };
-        call.finish(Ok(out))
+        call.finish(Ok(out)).await
     }
 
     async fn create_token(
@@ -855,8 +859,9 @@ impl KmsRpc for KmsService {
         let mut call = self.sec.begin(&r, "CreateToken").await?;
         let r = r.into_inner();
         call.set_detail(format!("token:{}", r.name.chars().take(64).collect::<String>()));
-        if let Err(s) = call.authorize(Op::TokenAdmin, Resource::Token(&r.name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::TokenAdmin, Resource::Token(&r.name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let sec = self.sec.clone();
         let ttl = (r.ttl_seconds > 0).then(|| std::time::Duration::from_secs(r.ttl_seconds));
@@ -883,7 +888,7 @@ impl KmsRpc for KmsService {
             Ok(pb::ListTokensResponse { tokens })
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn revoke_token(
@@ -893,8 +898,9 @@ impl KmsRpc for KmsService {
         let mut call = self.sec.begin(&r, "RevokeToken").await?;
         let r = r.into_inner();
         call.set_detail(format!("token {}", r.id_or_name.chars().take(64).collect::<String>()));
-        if let Err(s) = call.authorize_op(Op::TokenAdmin).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize_op(Op::TokenAdmin);
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         let sec = self.sec.clone();
         let (policy, names) = (self.sec.policy(), call.names().to_vec());
@@ -912,7 +918,7 @@ impl KmsRpc for KmsService {
             let head = self.sec.audit().head();
             pb::AuditHeadResponse { seq: head.seq, mac: hex::encode(head.mac), head: head.to_string() }
         });
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn hash_password(
@@ -937,7 +943,7 @@ impl KmsRpc for KmsService {
             .await
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 
     async fn verify_password(
@@ -976,7 +982,7 @@ impl KmsRpc for KmsService {
             Ok(out)
         }
         .await;
-        call.finish(result)
+        call.finish(result).await
     }
 }
 
@@ -990,8 +996,9 @@ impl KmsService {
     ) -> Result<Response<pb::KeyMetadata>, Status> {
         let mut call = self.sec.begin(&r, op).await?;
         let name = r.into_inner().name;
-        if let Err(s) = call.authorize(Op::Admin, Resource::Key(&name)).and_then(|()| call.attempt()) {
-            return Err(call.fail(s));
+        let pre = call.authorize(Op::Admin, Resource::Key(&name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
         }
         self.commit(call, move |k| f(k, &name).map(|k| metadata(&k)), |m| Some(m.primary_version)).await
     }
@@ -1007,7 +1014,7 @@ impl KmsService {
         version: fn(&T) -> Option<u32>,
     ) -> Result<Response<T>, Status> {
         if let Err(s) = call.check_deadline() {
-            return Err(call.fail(s));
+            return Err(call.fail(s).await);
         }
         let kms = self.kms.clone();
         let task = tokio::spawn(async move {
@@ -1018,7 +1025,7 @@ impl KmsService {
             if let Some(v) = result.as_ref().ok().and_then(version) {
                 call.set_version(v);
             }
-            call.finish(result)
+            call.finish(result).await
         });
         task.await.unwrap_or_else(|_| Err(Status::internal("operation task failed")))
     }

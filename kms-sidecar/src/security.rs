@@ -128,6 +128,7 @@ pub struct Security {
     next_id: AtomicU64,
     /// Bumped before every revocation: a token read that overlapped one is not cached.
     revocations: AtomicU64,
+    writer: AuditQueue,
 }
 
 impl std::fmt::Debug for Security {
@@ -190,6 +191,8 @@ impl Security {
             Some(path) => Policy::load(path)?,
             None => Policy::owner_only(owner_uid),
         };
+        let writer = spawn_audit_writer(audit.clone(), metrics.clone())
+            .map_err(|e| PolicyError::Invalid(format!("starting the audit writer: {e}")))?;
         let mut prefix = [0u8; 6];
         crypto_core::fill_random(&mut prefix);
         Ok(Self {
@@ -205,6 +208,7 @@ impl Security {
             id_prefix: hex::encode(prefix),
             next_id: AtomicU64::new(1),
             revocations: AtomicU64::new(0),
+            writer,
         })
     }
 
@@ -418,10 +422,9 @@ impl Security {
             Err(_) => {
                 self.metrics.rejected("concurrency");
                 call.principal = "unidentified".into();
-                return Err(call.refuse(Status::resource_exhausted(format!(
-                    "{} requests in progress (the limit); retry later",
-                    self.options.max_concurrent_requests
-                ))));
+                let message =
+                    format!("{} requests in progress (the limit); retry later", self.options.max_concurrent_requests);
+                return Err(call.refuse(Status::resource_exhausted(message)).await);
             }
         }
         let bearer = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("").to_owned());
@@ -431,12 +434,12 @@ impl Security {
                 let principal = match v.strip_prefix("Bearer ") {
                     Some(token) => match self.token_principal(token.trim()).await {
                         Ok(p) => p,
-                        Err(s) => return Err(call.refuse(s)),
+                        Err(s) => return Err(call.refuse(s).await),
                     },
                     None => None,
                 };
                 let Some(principal) = principal else {
-                    return Err(call.refuse(Status::unauthenticated("invalid, expired or revoked API token")));
+                    return Err(call.refuse(Status::unauthenticated("invalid, expired or revoked API token")).await);
                 };
                 call.principal = principal.clone();
                 call.names = vec![principal];
@@ -452,7 +455,7 @@ impl Security {
                 "rate limit of {} requests/s for {} exceeded; retry later",
                 self.options.rate_limit, call.principal
             );
-            return Err(call.refuse(Status::resource_exhausted(message)));
+            return Err(call.refuse(Status::resource_exhausted(message)).await);
         }
         Ok(call)
     }
@@ -526,8 +529,8 @@ impl Call {
 
     /// Ends the request with `status` (recorded); returns the status to send, or
     /// `UNAVAILABLE` if the record cannot be written.
-    pub fn fail(mut self, status: Status) -> Status {
-        self.finish_status(status)
+    pub async fn fail(mut self, status: Status) -> Status {
+        self.finish_status(status).await
     }
 
     /// Notes the key version the request used, for the audit record.
@@ -588,8 +591,14 @@ impl Call {
 
     /// Writes the `attempt` record before a state change; `UNAVAILABLE` (and the change
     /// must not be made) if it cannot be written.
-    pub fn attempt(&mut self) -> Result<(), Status> {
-        self.write(Phase::Attempt, "-", None)
+    pub async fn attempt(&mut self) -> Result<(), Status> {
+        self.write(Phase::Attempt, "-", None).await
+    }
+
+    /// `pre` (the checks), then the `attempt` record if they passed.
+    pub async fn attempt_after(&mut self, pre: Result<(), Status>) -> Result<(), Status> {
+        pre?;
+        self.attempt().await
     }
 
     /// Fails with `DEADLINE_EXCEEDED` if the deadline has passed (checked before work).
@@ -600,44 +609,51 @@ impl Call {
         Ok(())
     }
 
-    fn write(&mut self, phase: Phase, code: &str, latency: Option<Duration>) -> Result<(), Status> {
-        let t = Instant::now();
-        let result = self.sec.audit.append(&AuditEvent {
+    fn record(&self, phase: Phase, code: &'static str, latency: Option<Duration>) -> OwnedEvent {
+        OwnedEvent {
             time: SystemTime::now(),
-            request_id: &self.id,
-            principal: &self.principal,
-            peer: &self.peer,
+            request_id: self.id.clone(),
+            principal: self.principal.clone(),
+            peer: self.peer.clone(),
             operation: self.op,
-            key: self.key.as_deref(),
+            key: self.key.clone(),
             key_version: self.version,
             phase,
             code,
             latency_us: latency.map(|l| l.as_micros() as u64),
-            detail: self.detail.as_deref(),
-        });
-        match result {
-            Ok(_) => {
-                self.sec.metrics.audit_write(t.elapsed());
-                Ok(())
-            }
-            Err(e) => {
-                self.sec.metrics.audit_failure();
-                tracing::error!(error = %e, request_id = %self.id, "audit log write failed: refusing the request");
-                Err(Status::unavailable("the audit log cannot be written; request refused"))
-            }
+            detail: self.detail.clone(),
         }
     }
 
-    fn refuse(self, status: Status) -> Status {
-        self.fail(status)
+    /// Hands the record to the audit writer and waits until it is written (fail closed).
+    async fn write(&mut self, phase: Phase, code: &'static str, latency: Option<Duration>) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.sec.writer.send((self.record(phase, code, latency), Some(tx)));
+        let written = match sent {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err("the audit writer stopped".into())),
+            Err(_) => Err("the audit writer stopped".into()),
+        };
+        written.map_err(|e| {
+            tracing::error!(error = %e, request_id = %self.id, "audit log write failed: refusing the request");
+            Status::unavailable("the audit log cannot be written; request refused")
+        })
     }
 
-    fn finish_status(&mut self, status: Status) -> Status {
+    /// Hands the record to the audit writer without waiting (the answer is already out).
+    fn write_nowait(&self, phase: Phase, code: &'static str, latency: Option<Duration>) {
+        let _ = self.sec.writer.send((self.record(phase, code, latency), None));
+    }
+
+    async fn refuse(self, status: Status) -> Status {
+        self.fail(status).await
+    }
+
+    async fn finish_status(&mut self, status: Status) -> Status {
         self.done = true;
         let code = code_name(status.code());
         let latency = self.start.elapsed();
         self.sec.metrics.record_request(self.op, code, latency);
-        match self.write(Phase::Result, code, Some(latency)) {
+        match self.write(Phase::Result, code, Some(latency)).await {
             Ok(()) => status,
             Err(unavailable) => unavailable,
         }
@@ -646,7 +662,7 @@ impl Call {
     /// Ends the request: writes its `result` record and returns `result`, or
     /// `UNAVAILABLE` (dropping the result, zeroizing what it holds) if the record cannot
     /// be written.
-    pub fn finish<T>(mut self, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    pub async fn finish<T>(mut self, result: Result<T, Status>) -> Result<Response<T>, Status> {
         self.done = true;
         let latency = self.start.elapsed();
         let code = match &result {
@@ -654,7 +670,7 @@ impl Call {
             Err(s) => code_name(s.code()),
         };
         self.sec.metrics.record_request(self.op, code, latency);
-        self.write(Phase::Result, code, Some(latency))?;
+        self.write(Phase::Result, code, Some(latency)).await?;
         let mut response = Response::new(result?);
         if let Ok(v) = self.id.parse() {
             response.metadata_mut().insert("x-request-id", v);
@@ -671,8 +687,79 @@ impl Call {
             Err(s) => code_name(s.code()),
         };
         self.sec.metrics.record_request(self.op, code, latency);
-        let _ = self.write(Phase::Result, code, Some(latency));
+        self.write_nowait(Phase::Result, code, Some(latency));
     }
+}
+
+/// An audit record waiting for the writer thread.
+struct OwnedEvent {
+    time: SystemTime,
+    request_id: String,
+    principal: String,
+    peer: String,
+    operation: &'static str,
+    key: Option<String>,
+    key_version: Option<u32>,
+    phase: Phase,
+    code: &'static str,
+    latency_us: Option<u64>,
+    detail: Option<String>,
+}
+
+impl OwnedEvent {
+    fn event(&self) -> AuditEvent<'_> {
+        AuditEvent {
+            time: self.time,
+            request_id: &self.request_id,
+            principal: &self.principal,
+            peer: &self.peer,
+            operation: self.operation,
+            key: self.key.as_deref(),
+            key_version: self.key_version,
+            phase: self.phase,
+            code: self.code,
+            latency_us: self.latency_us,
+            detail: self.detail.as_deref(),
+        }
+    }
+}
+
+type AuditReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+type AuditQueue = std::sync::mpsc::Sender<(OwnedEvent, Option<AuditReply>)>;
+
+/// Most records written with one `write(2)`.
+const AUDIT_BATCH: usize = 512;
+
+/// The audit writer: one thread that takes every queued record, appends them with one
+/// write (group commit) and only then releases each waiting request. Request tasks never
+/// block on the file or on each other; under load each write carries many records.
+fn spawn_audit_writer(log: Arc<AuditLog>, metrics: Arc<Metrics>) -> std::io::Result<AuditQueue> {
+    let (tx, rx) = std::sync::mpsc::channel::<(OwnedEvent, Option<AuditReply>)>();
+    std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < AUDIT_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<AuditEvent<'_>> = batch.iter().map(|(e, _)| e.event()).collect();
+            let t = Instant::now();
+            let result = log.append_batch(&events).map(drop).map_err(|e| e.to_string());
+            match &result {
+                Ok(()) => metrics.audit_write(t.elapsed()),
+                Err(_) => metrics.audit_failure(),
+            }
+            drop(events);
+            for (_, reply) in batch {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 impl Drop for Call {
@@ -681,7 +768,7 @@ impl Drop for Call {
             self.done = true;
             let latency = self.start.elapsed();
             self.sec.metrics.record_request(self.op, "CANCELLED", latency);
-            let _ = self.write(Phase::Result, "CANCELLED", Some(latency));
+            self.write_nowait(Phase::Result, "CANCELLED", Some(latency));
         }
         drop(self.permit.take());
     }

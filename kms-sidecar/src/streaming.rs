@@ -254,15 +254,13 @@ pub(crate) async fn encrypt_stream(
 ) -> Result<ReceiverStream<Result<pb::EncryptStreamResponse, Status>>, Status> {
     let call = match start(slots, inbound, "EncryptStream: the first message must name the key").await {
         Ok(c) => c,
-        Err(s) => return Err(audit.fail(s)),
+        Err(s) => return Err(audit.fail(s).await),
     };
     let CallStart { permit, idle, first, inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
-    let ready = check(first.chunk.len())
-        .and_then(|()| audit.authorize(Op::Encrypt, Resource::Key(&first.key_name)))
-        .and_then(|()| audit.attempt());
-    if let Err(s) = ready {
-        return Err(audit.fail(s));
+    let pre = check(first.chunk.len()).and_then(|()| audit.authorize(Op::Encrypt, Resource::Key(&first.key_name)));
+    if let Err(s) = audit.attempt_after(pre).await {
+        return Err(audit.fail(s).await);
     }
     let ctx = context(first.context);
     let key_name = first.key_name;
@@ -274,7 +272,9 @@ pub(crate) async fn encrypt_stream(
         let sealer = match kms.stream_sealer(&key_name, &ctx) {
             Ok(s) => s,
             Err(e) => {
-                let _ = ready_tx.send(Err(audit.fail(status(e))));
+                let s = status(e);
+                let _ = ready_tx.send(Err(s.clone()));
+                audit.finish_stream(Err(s));
                 return;
             }
         };
@@ -334,7 +334,7 @@ pub(crate) async fn decrypt_stream(
 ) -> Result<ReceiverStream<Result<pb::DecryptStreamResponse, Status>>, Status> {
     let call = match start(slots, inbound, "DecryptStream: no ciphertext sent").await {
         Ok(c) => c,
-        Err(s) => return Err(audit.fail(s)),
+        Err(s) => return Err(audit.fail(s).await),
     };
     let CallStart { permit, idle, mut first, mut inbound, tx, rx, handle } = call;
     let check = size_check(max_chunk);
@@ -359,11 +359,11 @@ pub(crate) async fn decrypt_stream(
         };
         audit.set_version(version);
         audit.authorize(Op::Decrypt, Resource::Key(&key))?;
-        audit.attempt()
+        audit.attempt().await
     }
     .await;
     if let Err(s) = ready {
-        return Err(audit.fail(s));
+        return Err(audit.fail(s).await);
     }
     let ctx = context(first.context);
     tokio::task::spawn_blocking(move || {
