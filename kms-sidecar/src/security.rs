@@ -128,7 +128,7 @@ pub struct Security {
     next_id: AtomicU64,
     /// Bumped before every revocation: a token read that overlapped one is not cached.
     revocations: AtomicU64,
-    writer: AuditQueue,
+    writer: AuditGroup,
 }
 
 impl std::fmt::Debug for Security {
@@ -191,8 +191,7 @@ impl Security {
             Some(path) => Policy::load(path)?,
             None => Policy::owner_only(owner_uid),
         };
-        let writer = spawn_audit_writer(audit.clone(), metrics.clone())
-            .map_err(|e| PolicyError::Invalid(format!("starting the audit writer: {e}")))?;
+        let writer = AuditGroup::new(audit.clone(), metrics.clone());
         let mut prefix = [0u8; 6];
         crypto_core::fill_random(&mut prefix);
         Ok(Self {
@@ -628,11 +627,8 @@ impl Call {
     /// Hands the record to the audit writer and waits until it is written (fail closed).
     async fn write(&mut self, phase: Phase, code: &'static str, latency: Option<Duration>) -> Result<(), Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.sec.writer.send((self.record(phase, code, latency), Some(tx)));
-        let written = match sent {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err("the audit writer stopped".into())),
-            Err(_) => Err("the audit writer stopped".into()),
-        };
+        self.sec.writer.submit(self.record(phase, code, latency), Some(tx));
+        let written = rx.await.unwrap_or_else(|_| Err("the audit writer stopped".into()));
         written.map_err(|e| {
             tracing::error!(error = %e, request_id = %self.id, "audit log write failed: refusing the request");
             Status::unavailable("the audit log cannot be written; request refused")
@@ -641,7 +637,7 @@ impl Call {
 
     /// Hands the record to the audit writer without waiting (the answer is already out).
     fn write_nowait(&self, phase: Phase, code: &'static str, latency: Option<Duration>) {
-        let _ = self.sec.writer.send((self.record(phase, code, latency), None));
+        self.sec.writer.submit(self.record(phase, code, latency), None);
     }
 
     async fn refuse(self, status: Status) -> Status {
@@ -725,41 +721,61 @@ impl OwnedEvent {
 }
 
 type AuditReply = tokio::sync::oneshot::Sender<Result<(), String>>;
-type AuditQueue = std::sync::mpsc::Sender<(OwnedEvent, Option<AuditReply>)>;
 
-/// Most records written with one `write(2)`.
-const AUDIT_BATCH: usize = 512;
+/// Group commit of audit records without a thread of its own: every request queues its
+/// record; whoever finds no write in progress becomes the writer, appends everything
+/// queued with one `write(2)` (again, until the queue is empty) and releases each waiting
+/// request with the outcome. Under load one write carries many records; a lone request
+/// writes its own at once. Nothing is released before its record is written.
+struct AuditGroup {
+    log: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
+    queue: Mutex<Vec<(OwnedEvent, Option<AuditReply>)>>,
+    writing: std::sync::atomic::AtomicBool,
+}
 
-/// The audit writer: one thread that takes every queued record, appends them with one
-/// write (group commit) and only then releases each waiting request. Request tasks never
-/// block on the file or on each other; under load each write carries many records.
-fn spawn_audit_writer(log: Arc<AuditLog>, metrics: Arc<Metrics>) -> std::io::Result<AuditQueue> {
-    let (tx, rx) = std::sync::mpsc::channel::<(OwnedEvent, Option<AuditReply>)>();
-    std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < AUDIT_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+impl AuditGroup {
+    fn new(log: Arc<AuditLog>, metrics: Arc<Metrics>) -> Self {
+        Self { log, metrics, queue: Mutex::new(Vec::new()), writing: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    fn submit(&self, event: OwnedEvent, reply: Option<AuditReply>) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((event, reply));
+        self.drain();
+    }
+
+    fn drain(&self) {
+        loop {
+            if self.writing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                // The writer in progress re-checks the queue before it stops.
+                return;
+            }
+            loop {
+                let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                if batch.is_empty() {
+                    break;
+                }
+                let events: Vec<AuditEvent<'_>> = batch.iter().map(|(e, _)| e.event()).collect();
+                let t = Instant::now();
+                let result = self.log.append_batch(&events).map(drop).map_err(|e| e.to_string());
+                match &result {
+                    Ok(()) => self.metrics.audit_write(t.elapsed()),
+                    Err(_) => self.metrics.audit_failure(),
+                }
+                drop(events);
+                for (_, reply) in batch {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result.clone());
+                    }
                 }
             }
-            let events: Vec<AuditEvent<'_>> = batch.iter().map(|(e, _)| e.event()).collect();
-            let t = Instant::now();
-            let result = log.append_batch(&events).map(drop).map_err(|e| e.to_string());
-            match &result {
-                Ok(()) => metrics.audit_write(t.elapsed()),
-                Err(_) => metrics.audit_failure(),
-            }
-            drop(events);
-            for (_, reply) in batch {
-                if let Some(reply) = reply {
-                    let _ = reply.send(result.clone());
-                }
+            self.writing.store(false, Ordering::Release);
+            // A record queued between the last look and the release would wait forever.
+            if self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                return;
             }
         }
-    })?;
-    Ok(tx)
+    }
 }
 
 impl Drop for Call {
