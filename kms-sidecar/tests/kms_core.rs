@@ -295,3 +295,31 @@ fn an_altered_ca_record_does_not_load() {
     let dir2 = tempfile::tempdir().unwrap();
     assert!(matches!(open(dir2.path()).init_ca(&bad), Err(KmsError::InvalidArgument(_))));
 }
+
+/// A header may carry several wrapped keys, and their order is not authenticated. A
+/// ciphertext whose first entry names another tenant's key (under another provider) must
+/// not get re-wrapped under that key, and Decrypt reports the entry the sidecar used:
+/// authorization checks this sidecar's entry, so every operation must use that entry.
+#[test]
+fn reordered_wrapped_keys_cannot_redirect_rewrap() {
+    use crypto_core::envelope::{EncryptionContext, Envelope};
+    use crypto_core::keys::Keyring;
+    use crypto_core::provider::{LocalProvider, MultiProvider};
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(open(dir.path()));
+    kms.create_key("tenant-a/db").unwrap();
+    kms.create_key("tenant-b/db").unwrap();
+    // A library user's own provider entry, placed first, naming tenant B's key.
+    let local = Arc::new(Keyring::in_memory());
+    local.create_key("tenant-b/db").unwrap();
+    let multi = MultiProvider::new()
+        .with_fixed_key(Arc::new(LocalProvider::new(local)), "tenant-b/db")
+        .with(kms.clone() as Arc<dyn KeyProvider>);
+    let context = ctx(&[("tenant", "a")]);
+    let sealed =
+        Envelope::new(multi).seal("tenant-a/db", &EncryptionContext::from(context.clone()), b"tenant a data").unwrap();
+    assert_eq!(Kms::ciphertext_key(&sealed).unwrap(), ("tenant-a/db".to_owned(), 1));
+    let (plaintext, key, _) = kms.decrypt(&sealed, &context).unwrap();
+    assert_eq!((plaintext.expose_secret(), key.as_str()), (&b"tenant a data"[..], "tenant-a/db"));
+    assert!(matches!(kms.re_encrypt(&sealed), Err(KmsError::InvalidArgument(_))), "re-wrap redirected");
+}
