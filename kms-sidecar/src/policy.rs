@@ -197,9 +197,25 @@ pub enum PolicyError {
     Invalid(String),
 }
 
-/// A glob pattern (see the module documentation).
+/// A glob pattern (see the module documentation), classified once so that the common
+/// shapes (an exact name, `**`, `prefix/**`) match without the general algorithm.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern(String);
+pub struct Pattern {
+    text: String,
+    shape: Shape,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    /// No wildcard: equality.
+    Exact,
+    /// `**`: everything.
+    All,
+    /// `<literal>**`: a prefix.
+    Prefix(usize),
+    /// Anything else: the general matcher.
+    Glob,
+}
 
 impl Pattern {
     /// A pattern; refuses an empty one.
@@ -207,12 +223,33 @@ impl Pattern {
         if text.is_empty() || text.len() > 1024 {
             return Err(PolicyError::Invalid("a pattern must be 1 to 1024 characters".into()));
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self::from_text(text.to_owned()))
+    }
+
+    fn from_text(text: String) -> Self {
+        let wild = |b: &u8| *b == b'*' || *b == b'?';
+        let shape = if !text.bytes().any(|b| wild(&b)) {
+            Shape::Exact
+        } else if text == "**" {
+            Shape::All
+        } else if let Some(prefix) = text.strip_suffix("**")
+            && !prefix.bytes().any(|b| wild(&b))
+        {
+            Shape::Prefix(prefix.len())
+        } else {
+            Shape::Glob
+        };
+        Self { text, shape }
     }
 
     /// Whether `text` matches.
     pub fn matches(&self, text: &str) -> bool {
-        glob(self.0.as_bytes(), text.as_bytes())
+        match self.shape {
+            Shape::Exact => self.text == text,
+            Shape::All => true,
+            Shape::Prefix(n) => text.as_bytes().starts_with(&self.text.as_bytes()[..n]),
+            Shape::Glob => glob(self.text.as_bytes(), text.as_bytes()),
+        }
     }
 }
 
@@ -461,10 +498,10 @@ impl Policy {
     /// The policy used when no file is configured: the Unix user the sidecar runs as
     /// (`unix:uid=<own uid>`) may do everything; nobody else may do anything.
     pub fn owner_only(uid: u32) -> Self {
-        let all = Pattern("**".into());
+        let all = Pattern::from_text("**".into());
         Self {
             bindings: vec![Binding {
-                principals: vec![Pattern(format!("unix:uid={uid}"))],
+                principals: vec![Pattern::from_text(format!("unix:uid={uid}"))],
                 grants: vec![Grant {
                     ops: Op::ALL.to_vec(),
                     keys: vec![all.clone()],
@@ -516,6 +553,18 @@ impl Policy {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn fast_paths_agree_with_the_general_matcher() {
+        for p in ["exact", "**", "tenant-a/**", "tenant-a/*", "a*b", "k?y", "x**y", "**/z"] {
+            let pat = Pattern::new(p).unwrap();
+            for t in
+                ["exact", "exac", "tenant-a/x", "tenant-a/x/y", "tenant-ab/x", "", "ab", "key", "xy", "x/q/y", "a/z"]
+            {
+                assert_eq!(pat.matches(t), glob(p.as_bytes(), t.as_bytes()), "{p} vs {t}");
+            }
+        }
+    }
 
     #[test]
     fn globs() {

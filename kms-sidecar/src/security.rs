@@ -506,7 +506,7 @@ impl Call {
         &self.principal
     }
 
-    /// The request id (also returned to the caller as `x-request-id`).
+    /// The request id (in the audit record).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -667,11 +667,7 @@ impl Call {
         };
         self.sec.metrics.record_request(self.op, code, latency);
         self.write(Phase::Result, code, Some(latency)).await?;
-        let mut response = Response::new(result?);
-        if let Ok(v) = self.id.parse() {
-            response.metadata_mut().insert("x-request-id", v);
-        }
-        Ok(response)
+        Ok(Response::new(result?))
     }
 
     /// Ends a request whose answer already went out (a stream): records the outcome.
