@@ -74,8 +74,10 @@ fuzz_target!(|data: &[u8]| {
         match kind % 7 {
             0 if n > 0 => {
                 let line = &mut lines[usize::from(b) % n];
-                let at = usize::from(c) % line.len();
-                line[at] ^= 1 << (b % 8);
+                if !line.is_empty() {
+                    let at = usize::from(c) % line.len();
+                    line[at] ^= 1 << (b % 8);
+                }
             }
             1 if n > 0 => {
                 lines.remove(usize::from(b) % n);
@@ -87,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             3 if n > 1 => lines.swap(usize::from(b) % n, usize::from(c) % n),
             4 if n > 0 => {
                 let line = &mut lines[n - 1];
-                let keep = usize::from(b) % line.len();
+                let keep = usize::from(b) % line.len().max(1);
                 line.truncate(keep);
             }
             5 => {
