@@ -354,25 +354,7 @@ impl AuditLog {
     /// Appends one record and returns the new head. `Ok` means the whole line reached the
     /// kernel (and the disk, with `fsync`); on `Err` nothing was added and the head is unchanged.
     pub fn append(&self, event: &AuditEvent<'_>) -> Result<AuditHead, AuditError> {
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let st = &mut *guard;
-        let seq = st.head.seq.checked_add(1).ok_or_else(|| unavailable("the sequence number is exhausted"))?;
-        let (line, mac) = self.encode(seq, &st.head.mac, event)?;
-        let before = self.prepare(st, seq, line.len() as u64)?;
-        let Some(file) = st.file.as_ref() else {
-            return Err(unavailable(format!("{} is not open", self.config.path.display())));
-        };
-        let written =
-            (&*file).write_all(&line).and_then(|()| if self.config.fsync { file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // Cut off whatever part of the line made it, so no torn line precedes the next one.
-            if file.set_len(before).is_err() {
-                st.torn = Some(before);
-            }
-            return Err(unavailable(format!("writing {}: {e}", self.config.path.display())));
-        }
-        st.head = AuditHead { seq, mac };
-        Ok(st.head)
+        self.append_batch(std::slice::from_ref(event))
     }
 
     /// Appends several records with one write (group commit): all of them or none. Returns

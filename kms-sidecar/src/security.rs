@@ -423,7 +423,7 @@ impl Security {
                 call.principal = "unidentified".into();
                 let message =
                     format!("{} requests in progress (the limit); retry later", self.options.max_concurrent_requests);
-                return Err(call.refuse(Status::resource_exhausted(message)).await);
+                return Err(call.fail(Status::resource_exhausted(message)).await);
             }
         }
         let bearer = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("").to_owned());
@@ -433,12 +433,12 @@ impl Security {
                 let principal = match v.strip_prefix("Bearer ") {
                     Some(token) => match self.token_principal(token.trim()).await {
                         Ok(p) => p,
-                        Err(s) => return Err(call.refuse(s).await),
+                        Err(s) => return Err(call.fail(s).await),
                     },
                     None => None,
                 };
                 let Some(principal) = principal else {
-                    return Err(call.refuse(Status::unauthenticated("invalid, expired or revoked API token")).await);
+                    return Err(call.fail(Status::unauthenticated("invalid, expired or revoked API token")).await);
                 };
                 call.principal = principal.clone();
                 call.names = vec![principal];
@@ -454,7 +454,7 @@ impl Security {
                 "rate limit of {} requests/s for {} exceeded; retry later",
                 self.options.rate_limit, call.principal
             );
-            return Err(call.refuse(Status::resource_exhausted(message)).await);
+            return Err(call.fail(Status::resource_exhausted(message)).await);
         }
         Ok(call)
     }
@@ -638,10 +638,6 @@ impl Call {
     /// Hands the record to the audit writer without waiting (the answer is already out).
     fn write_nowait(&self, phase: Phase, code: &'static str, latency: Option<Duration>) {
         self.sec.writer.submit(self.record(phase, code, latency), None);
-    }
-
-    async fn refuse(self, status: Status) -> Status {
-        self.fail(status).await
     }
 
     async fn finish_status(&mut self, status: Status) -> Status {
