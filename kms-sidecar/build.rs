@@ -1,4 +1,4 @@
-//! Compiles `proto/kms/v1/kms.proto` with a vendored `protoc` (no system install needed),
+//! Compiles `proto/kms/v1/kms.proto` and `proto/k8s/kms/v2/api.proto` with a vendored `protoc` (no system install needed),
 //! and writes the descriptor set used by gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,6 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         &["proto/kms/v1/kms.proto"],
         &["proto"],
+    )?;
+    // The Kubernetes KMS v2 plugin API (server side only).
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().build_client(true).compile_with_config(
+        config,
+        &["proto/k8s/kms/v2/api.proto"],
+        &["proto/k8s/kms"],
     )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

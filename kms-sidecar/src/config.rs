@@ -123,7 +123,8 @@ pub struct ServeArgs {
     /// A stream whose client neither sends nor reads for this long is ended [default: 60s].
     #[arg(long, env = "KMS_STREAM_IDLE_TIMEOUT")]
     pub stream_idle_timeout: Option<String>,
-    /// How often keys whose deletion window has passed are destroyed [default: 10s].
+    /// How often the lifecycle jobs run: keys whose rotation period has passed are rotated,
+    /// keys whose deletion window has passed are destroyed [default: 10s].
     #[arg(long, env = "KMS_DELETION_CHECK_INTERVAL")]
     pub deletion_check_interval: Option<String>,
     /// Authorization policy (TOML; re-read on SIGHUP) [default: only the sidecar's own
@@ -162,6 +163,13 @@ pub struct ServeArgs {
     /// oldest age, so the unauthenticated endpoint lists no tenant's key names).
     #[arg(long, env = "KMS_METRICS_KEY_NAMES")]
     pub metrics_key_names: Option<bool>,
+    /// Serve the Kubernetes KMS v2 plugin API on this Unix socket (unix:///path or a path)
+    /// for kube-apiserver, backed by `--k8s-kms-key` [default: off].
+    #[arg(long, env = "KMS_K8S_KMS_SOCKET")]
+    pub k8s_kms_socket: Option<String>,
+    /// The key behind the Kubernetes KMS v2 plugin API (created at start if absent).
+    #[arg(long, env = "KMS_K8S_KMS_KEY")]
+    pub k8s_kms_key: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KMS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -222,6 +230,17 @@ struct FileConfig {
     request_timeout: Option<String>,
     metrics_listen: Option<String>,
     metrics_key_names: Option<bool>,
+    k8s_kms_socket: Option<String>,
+    k8s_kms_key: Option<String>,
+}
+
+/// The Kubernetes KMS v2 plugin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sKmsSettings {
+    /// Its Unix socket (same mode as `socket_mode`).
+    pub socket: PathBuf,
+    /// The key behind it.
+    pub key: String,
 }
 
 /// Where the server listens.
@@ -285,7 +304,7 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     /// KEK cache capacity.
     pub kek_cache_capacity: usize,
-    /// Interval of the deletion job.
+    /// Interval of the lifecycle jobs (automatic rotation, scheduled deletion).
     pub deletion_check_interval: Duration,
     /// Log format.
     pub log_format: LogFormat,
@@ -299,6 +318,8 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Per-key rotation-age series on the metrics endpoint.
     pub metrics_key_names: bool,
+    /// The Kubernetes KMS v2 plugin endpoint, if enabled.
+    pub k8s_kms: Option<K8sKmsSettings>,
     /// Settings that were ignored, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -486,6 +507,25 @@ impl ServeArgs {
                 Some(addr)
             }
         };
+        let k8s_kms = match (self.k8s_kms_socket.or(file.k8s_kms_socket), self.k8s_kms_key.or(file.k8s_kms_key)) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("k8s_kms_key", "required with k8s_kms_socket")),
+            (None, Some(_)) => return Err(invalid("k8s_kms_socket", "required with k8s_kms_key")),
+            (Some(socket), Some(key)) => {
+                crypto_core::keys::validate_key_name(&key).map_err(|e| invalid("k8s_kms_key", e.to_string()))?;
+                let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(&socket));
+                if path.as_os_str().is_empty() {
+                    return Err(invalid("k8s_kms_socket", "empty path"));
+                }
+                if listen.iter().any(|l| matches!(l, Listen::Unix(p) if *p == path)) {
+                    return Err(invalid(
+                        "k8s_kms_socket",
+                        format!("{} is also a kms.v1 listen socket", path.display()),
+                    ));
+                }
+                Some(K8sKmsSettings { socket: path, key })
+            }
+        };
         let audit = AuditSettings {
             path: self.audit_log.or(file.audit_log).unwrap_or_else(|| data_dir.join("audit").join("audit.log")),
             key_file: self.audit_key_file.or(file.audit_key_file).unwrap_or_else(|| data_dir.join("audit.key")),
@@ -505,6 +545,7 @@ impl ServeArgs {
             audit,
             metrics_listen,
             metrics_key_names: self.metrics_key_names.or(file.metrics_key_names).unwrap_or(false),
+            k8s_kms,
             data_dir,
             listen,
             tls_auto_ttl,

@@ -149,7 +149,7 @@ impl KmsService {
 
     /// A read-only crypto operation: inline from the caches when `payload` is small,
     /// else (or on a cache miss) on a blocking thread.
-    async fn run_crypto<T: Send + 'static>(
+    pub(crate) async fn run_crypto<T: Send + 'static>(
         &self,
         call: &Call,
         payload: usize,
@@ -166,7 +166,7 @@ impl KmsService {
 
     /// An operation on a blocking thread, bounded by the call's deadline (work already
     /// started on the store finishes, but its answer is not awaited past the deadline).
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         call: &Call,
         f: impl FnOnce(&Kms) -> Result<T, KmsError> + Send + 'static,
@@ -197,6 +197,8 @@ fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
         min_decrypt_version: k.min_decrypt_version,
         created_at_unix: k.created_at,
         delete_after_unix: delete_after,
+        rotation_period_seconds: k.rotation_period.unwrap_or(0),
+        next_rotation_unix: crate::kms::next_rotation_at(k).unwrap_or(0),
         versions: k
             .versions
             .iter()
@@ -410,6 +412,21 @@ impl KmsRpc for KmsService {
         }
         let f = move |k: &Kms| k.set_min_decrypt_version(&r.name, r.min_decrypt_version).map(|k| metadata(&k));
         self.commit(call, f, |m| Some(m.min_decrypt_version)).await
+    }
+
+    async fn set_rotation_period(
+        &self,
+        r: Request<pb::SetRotationPeriodRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        let mut call = self.sec.begin(&r, "SetRotationPeriod").await?;
+        let r = r.into_inner();
+        let pre = call.authorize(Op::Admin, Resource::Key(&r.name));
+        if let Err(s) = call.attempt_after(pre).await {
+            return Err(call.fail(s).await);
+        }
+        let period = Some(r.rotation_period_seconds).filter(|&p| p > 0);
+        let f = move |k: &Kms| k.set_rotation_period(&r.name, period).map(|k| metadata(&k));
+        self.commit(call, f, |m| Some(m.primary_version)).await
     }
 
     async fn encrypt(&self, r: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {

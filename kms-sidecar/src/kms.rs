@@ -23,9 +23,10 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crypto_core::Backend;
+use crypto_core::clock::{Clock, SystemClock};
 use crypto_core::envelope::{EncryptionContext, Envelope, EnvelopeError};
 use crypto_core::keys::{KeyError, KeyState, validate_key_name};
 use crypto_core::provider::{KeyProvider, ProviderError, WrappedKey};
@@ -44,6 +45,19 @@ const WOULD_BLOCK: &str = "cache-only: keystore access deferred";
 const MAX_CACHED_RECORDS: usize = 65_536;
 /// Attempts of a read-modify-write under concurrent updates before giving up.
 const MAX_RETRIES: usize = 16;
+const DAY: u64 = 86_400;
+/// Marker of a lifecycle job's change that another sidecar made first.
+const NOT_DUE: &str = "no longer due";
+/// Shortest waiting period of a scheduled deletion: 7 days.
+pub const MIN_DELETION_WINDOW_SECS: u64 = 7 * DAY;
+/// Longest waiting period of a scheduled deletion: 30 days.
+pub const MAX_DELETION_WINDOW_SECS: u64 = 30 * DAY;
+/// Waiting period of a scheduled deletion when none is given: 30 days.
+pub const DEFAULT_DELETION_WINDOW_SECS: u64 = 30 * DAY;
+/// Shortest automatic rotation period: 1 hour.
+pub const MIN_ROTATION_PERIOD_SECS: u64 = 3_600;
+/// Longest automatic rotation period: 100 years.
+pub const MAX_ROTATION_PERIOD_SECS: u64 = 36_500 * DAY;
 
 /// Why an operation failed; the gRPC layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +256,7 @@ pub struct Kms {
     pub(crate) ca: Mutex<Option<Arc<crypto_core::pki::CertificateAuthority>>>,
     record_hits: std::sync::atomic::AtomicU64,
     record_misses: std::sync::atomic::AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -250,8 +265,18 @@ impl std::fmt::Debug for Kms {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+/// When the key's current primary version becomes due for automatic rotation.
+pub fn next_rotation_at(record: &KeyRecord) -> Option<i64> {
+    let period = i64::try_from(record.rotation_period?).unwrap_or(i64::MAX);
+    let primary = record.versions.iter().find(|v| v.version == record.primary_version)?;
+    Some(primary.created_at.saturating_add(period))
+}
+
+/// Whether `record` is due for automatic rotation at `now`: enabled, with a rotation
+/// period, and a primary version at least that old. Disabled keys and keys pending
+/// deletion are not rotated.
+fn rotation_due(record: &KeyRecord, now: i64) -> bool {
+    record.state == KeyState::Enabled && next_rotation_at(record).is_some_and(|at| at <= now)
 }
 
 fn data_key_aad(name: &str, version: u32) -> Vec<u8> {
@@ -279,7 +304,20 @@ impl Kms {
             ca: Mutex::new(None),
             record_hits: std::sync::atomic::AtomicU64::new(0),
             record_misses: std::sync::atomic::AtomicU64::new(0),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Uses `clock` for every timestamp and lifecycle decision (creation times, deletion
+    /// windows, rotation due dates) instead of the system clock: for tests and simulations.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time by this KMS's clock, Unix seconds.
+    pub fn now(&self) -> i64 {
+        i64::try_from(self.clock.now_unix()).unwrap_or(i64::MAX)
     }
 
     /// Key-record cache lookups so far: (hits, misses).
@@ -469,7 +507,7 @@ impl Kms {
         validate_key_name(name)?;
         let material = KeyMaterial::generate();
         let wrapped = self.root.wrap(name, 1, &material);
-        let record = self.store.create_key(name, &wrapped, now())?;
+        let record = self.store.create_key(name, &wrapped, self.now())?;
         tracing::info!(key = %name, "key created");
         Ok(self.remember_written(record))
     }
@@ -477,6 +515,44 @@ impl Kms {
     /// Describes a key (always read from the store).
     pub fn describe_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
         Ok(self.remember_written(self.store.get_key(name)?))
+    }
+
+    /// The key's record from the cache while younger than the key-cache TTL, else from
+    /// the store; with `needs_version`, re-read if the cached record does not know it.
+    pub fn key_record(&self, name: &str, needs_version: Option<u32>) -> Result<Arc<KeyRecord>, KmsError> {
+        Ok(self.record(name, needs_version)?)
+    }
+
+    /// Checks that `name` is usable end to end: its record is read from the store (not the
+    /// cache), the key must be enabled, and its primary version is unwrapped with the root
+    /// key (not taken from the KEK cache). Returns the record. For health checks.
+    pub fn check_key_health(&self, name: &str) -> Result<KeyRecord, KmsError> {
+        let record = self.store.get_key(name)?;
+        Self::usable(&record)?;
+        let version = record.primary_version;
+        let stored = record
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyError::VersionNotFound { name: name.into(), version })?;
+        let wrapped = stored
+            .wrapped_material
+            .as_ref()
+            .ok_or_else(|| KeyError::VersionDestroyed { name: name.into(), version })?;
+        let material =
+            self.root.unwrap(name, version, wrapped).map_err(|e| KmsError::Unavailable(format!("root key: {e}")))?;
+        drop(material);
+        Ok(self.remember_written(record))
+    }
+
+    /// Creates `name` unless it exists (another sidecar may create it at the same moment;
+    /// either way the key exists afterwards). Returns its record and whether this call
+    /// created it.
+    pub fn ensure_key(&self, name: &str) -> Result<(KeyInfo, bool), KmsError> {
+        match self.create_key(name) {
+            Err(KmsError::AlreadyExists(_)) => Ok((self.describe_key(name)?, false)),
+            other => Ok((other?, true)),
+        }
     }
 
     /// Lists keys.
@@ -494,7 +570,7 @@ impl Kms {
                 Change::AddVersion(material) => {
                     let version = record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
                     let wrapped = self.root.wrap(name, version, &material);
-                    self.store.add_version(name, record.row_version, &wrapped, now())
+                    self.store.add_version(name, record.row_version, &wrapped, self.now())
                 }
             };
             match result {
@@ -538,7 +614,7 @@ impl Kms {
                     r.state
                 )));
             }
-            Ok(Change::Update(KeyUpdate { state: to(r), min_decrypt_version: r.min_decrypt_version }))
+            Ok(Change::Update(KeyUpdate { state: to(r), ..KeyUpdate::from(r) }))
         })
     }
 
@@ -552,12 +628,18 @@ impl Kms {
         self.transition(name, |s| matches!(s, KeyState::Enabled | KeyState::Disabled), |_| KeyState::Disabled)
     }
 
-    /// Schedules destruction after `window_seconds` (≥ 1).
+    /// Schedules destruction after a waiting period of `window_seconds`: 7 to 30 days, or
+    /// 0 for the default of 30 days. Until then the key is unusable but the deletion can be
+    /// cancelled; afterwards the lifecycle job erases every version's material.
     pub fn schedule_key_deletion(&self, name: &str, window_seconds: u64) -> Result<KeyInfo, KmsError> {
-        if window_seconds == 0 {
-            return Err(KmsError::InvalidArgument("pending window must be at least 1 second".into()));
+        let window = if window_seconds == 0 { DEFAULT_DELETION_WINDOW_SECS } else { window_seconds };
+        if !(MIN_DELETION_WINDOW_SECS..=MAX_DELETION_WINDOW_SECS).contains(&window) {
+            return Err(KmsError::InvalidArgument(format!(
+                "the deletion waiting period must be between 7 and 30 days ({MIN_DELETION_WINDOW_SECS} to \
+                 {MAX_DELETION_WINDOW_SECS} seconds), or 0 for the default of 30 days; got {window_seconds} seconds"
+            )));
         }
-        let delete_after = (now() as u64).saturating_add(window_seconds);
+        let delete_after = (self.now() as u64).saturating_add(window);
         self.transition(
             name,
             |s| matches!(s, KeyState::Enabled | KeyState::Disabled),
@@ -568,7 +650,7 @@ impl Kms {
     /// Cancels a scheduled deletion (the key becomes disabled). Refused once the window
     /// has passed: the key is then due for destruction, whether or not the job has run.
     pub fn cancel_key_deletion(&self, name: &str) -> Result<KeyInfo, KmsError> {
-        let now = now() as u64;
+        let now = self.now() as u64;
         self.transition(
             name,
             |s| matches!(s, KeyState::PendingDeletion { delete_after } if delete_after > now),
@@ -618,12 +700,10 @@ impl Kms {
     fn destroy_key(&self, name: &str, now: i64) -> Result<bool, KmsError> {
         let marked = self.modify(name, |r| match r.state {
             KeyState::PendingDeletion { delete_after } if delete_after as i64 <= now => {
-                Ok(Change::Update(KeyUpdate { state: KeyState::Destroyed, min_decrypt_version: r.min_decrypt_version }))
+                Ok(Change::Update(KeyUpdate { state: KeyState::Destroyed, ..KeyUpdate::from(r) }))
             }
             // Finishing an earlier run: rewrite the same state (bumps nothing else).
-            KeyState::Destroyed => {
-                Ok(Change::Update(KeyUpdate { state: r.state, min_decrypt_version: r.min_decrypt_version }))
-            }
+            KeyState::Destroyed => Ok(Change::Update(KeyUpdate::from(r))),
             _ => Err(KmsError::FailedPrecondition(format!("key {name:?} is no longer due for deletion"))),
         });
         let record = match marked {
@@ -637,6 +717,59 @@ impl Kms {
         Ok(true)
     }
 
+    /// Sets (or with `None` clears) the automatic rotation period: once the primary version
+    /// is `period_seconds` old, the lifecycle job adds a new primary version. 1 hour to 100
+    /// years. Refused for destroyed keys.
+    pub fn set_rotation_period(&self, name: &str, period_seconds: Option<u64>) -> Result<KeyInfo, KmsError> {
+        if let Some(p) = period_seconds
+            && !(MIN_ROTATION_PERIOD_SECS..=MAX_ROTATION_PERIOD_SECS).contains(&p)
+        {
+            return Err(KmsError::InvalidArgument(format!(
+                "the rotation period must be between 1 hour and 100 years ({MIN_ROTATION_PERIOD_SECS} to \
+                 {MAX_ROTATION_PERIOD_SECS} seconds); got {p} seconds"
+            )));
+        }
+        self.modify(name, |r| {
+            if r.state == KeyState::Destroyed {
+                Self::usable(r)?;
+            }
+            Ok(Change::Update(KeyUpdate { rotation_period: period_seconds, ..KeyUpdate::from(r) }))
+        })
+    }
+
+    /// Rotates every enabled key whose primary version is at least its rotation period old
+    /// by `now` (Unix seconds), and returns `(name, new primary version)` of each.
+    ///
+    /// The due check is repeated on the freshly read record inside the compare-and-swap, so
+    /// several sidecars running this job at once against one database rotate a due key
+    /// exactly once: the losers see the new primary and find nothing due. A failure on one
+    /// key is logged and the others proceed.
+    pub fn rotate_due_keys(&self, now: i64) -> Result<Vec<(String, u32)>, KmsError> {
+        let mut rotated = Vec::new();
+        for key in self.store.list_keys()? {
+            if !rotation_due(&key, now) {
+                continue;
+            }
+            let result = self.modify(&key.name, |r| {
+                if !rotation_due(r, now) {
+                    return Err(KmsError::FailedPrecondition(NOT_DUE.into()));
+                }
+                Ok(Change::AddVersion(KeyMaterial::generate()))
+            });
+            match result {
+                Ok(r) => {
+                    tracing::info!(key = %r.name, primary_version = r.primary_version, "key rotated by its rotation period");
+                    rotated.push((r.name.clone(), r.primary_version));
+                }
+                Err(KmsError::FailedPrecondition(m)) if m == NOT_DUE => {}
+                Err(e) => {
+                    tracing::warn!(key = %key.name, error = %e, "automatic rotation failed; retrying at the next run")
+                }
+            }
+        }
+        Ok(rotated)
+    }
+
     /// Sets the minimum decryption version.
     pub fn set_min_decrypt_version(&self, name: &str, min: u32) -> Result<KeyInfo, KmsError> {
         self.modify(name, |r| {
@@ -646,7 +779,7 @@ impl Kms {
                     r.primary_version
                 )));
             }
-            Ok(Change::Update(KeyUpdate { state: r.state, min_decrypt_version: min }))
+            Ok(Change::Update(KeyUpdate { min_decrypt_version: min, ..KeyUpdate::from(r) }))
         })
     }
 
@@ -749,7 +882,7 @@ impl Kms {
     pub fn put_secret(&self, name: &str, key_name: &str, value: &[u8]) -> Result<u32, KmsError> {
         validate_key_name(name).map_err(|e| KmsError::InvalidArgument(format!("secret name: {e}")))?;
         let (ct, _) = self.encrypt(key_name, value, &Self::secret_context(name))?;
-        Ok(self.store.put_secret(name, key_name, &ct, now())?)
+        Ok(self.store.put_secret(name, key_name, &ct, self.now())?)
     }
 
     /// Reads and decrypts a secret (newest version when `version` is None).

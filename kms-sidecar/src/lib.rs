@@ -14,6 +14,7 @@
 //!   `KeyProvider` backed by the sidecar (used by `kmsctl`).
 //! * [`grpc`], [`server`]: the `kms.v1` gRPC service (plus health and reflection) on a
 //!   Unix socket; the `kms-sidecar` binary serves it.
+//! * [`k8s_kms`]: the Kubernetes KMS v2 plugin API over one key, on its own socket.
 //! * [`security`], [`policy`], [`audit`], [`metrics`]: who is calling, whether they may,
 //!   their limits, the hash-chained audit log every request is recorded in (fail
 //!   closed), and the Prometheus endpoint.
@@ -23,6 +24,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod k8s_kms;
 pub mod keystore;
 pub mod kms;
 pub mod metrics;

@@ -118,6 +118,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         start_detail.push_str("; WARNING: log restarted from genesis although the audit key existed");
     }
     sec.event("sidecar.start", "OK", Some(&start_detail)).map_err(|e| format!("audit log: {e}"))?;
+    if let Some(k8s) = &settings.k8s_kms {
+        let (_, created) = kms.ensure_key(&k8s.key).map_err(|e| format!("k8s_kms_key {:?}: {e}", k8s.key))?;
+        if created {
+            sec.event("key.created", "OK", Some(&format!("key {}: backing the Kubernetes KMS v2 plugin", k8s.key)))
+                .map_err(|e| format!("audit log: {e}"))?;
+        }
+    }
 
     // The PostgreSQL client owns a runtime of its own, which must not be dropped inside
     // ours: `store` and `kms` stay alive here until the server runtime has finished.
@@ -127,7 +134,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let sec_served = sec.clone();
     let served_result = runtime.block_on(async move {
         let sec = sec_served;
-        let purge = tokio::spawn(deletion_job(served.clone(), sec.clone(), settings.deletion_check_interval));
+        let purge = tokio::spawn(lifecycle_job(served.clone(), sec.clone(), settings.deletion_check_interval));
         let reload = tokio::spawn(reload_on_hangup(sec.clone()));
         // Every --tls auto identity is set up before any listener starts, so a failure there
         // stops the start instead of leaving half the listeners running.
@@ -223,6 +230,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 (Listen::Tcp(..), None) => return Err(ServeError::Tls("internal: --tls auto listener not prepared".into())),
             }
         }
+        if let Some(k8s) = settings.k8s_kms.clone() {
+            let mut stop = stop_rx.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let (kms, sec) = (served.clone(), sec.clone());
+            tracing::info!(
+                listen = %format!("unix://{}", k8s.socket.display()),
+                key = %k8s.key,
+                "serving the Kubernetes KMS v2 plugin API"
+            );
+            servers.spawn(async move {
+                kms_sidecar::server::serve_k8s_kms_unix(kms, sec, &k8s.socket, settings.socket_mode, &k8s.key, limits, shutdown)
+                    .await
+            });
+        }
         // The first listener to fail stops the others gracefully; its error is the result.
         let mut result = Ok(());
         while let Some(done) = servers.join_next().await {
@@ -272,8 +295,7 @@ async fn reload_on_hangup(sec: Arc<Security>) {
 
 /// Seconds since each key's primary version was created (for the rotation-age gauge).
 fn key_ages(kms: &Kms) -> Vec<(String, u64)> {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = kms.now();
     let Ok(keys) = kms.list_keys() else { return Vec::new() };
     keys.iter()
         .filter_map(|k| {
@@ -283,26 +305,42 @@ fn key_ages(kms: &Kms) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Destroys keys whose deletion window has passed, every `interval`.
-async fn deletion_job(kms: Arc<Kms>, sec: Arc<Security>, interval: std::time::Duration) {
+/// The lifecycle jobs, every `interval`: rotates keys whose rotation period has passed,
+/// then destroys keys whose deletion window has passed (crypto-shredding). Every sidecar
+/// sharing a keystore runs them; the store's compare-and-swap makes each change happen once.
+async fn lifecycle_job(kms: Arc<Kms>, sec: Arc<Security>, interval: std::time::Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let kms = kms.clone();
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        match tokio::task::spawn_blocking(move || kms.purge_due_deletions(now)).await {
-            Ok(Ok(destroyed)) => {
-                for name in destroyed {
-                    let detail = format!("key {name}: deletion window passed, material erased");
-                    if let Err(e) = sec.event("key.destroyed", "OK", Some(&detail)) {
-                        tracing::error!(error = %e, key = %name, "audit log: could not record a key destruction");
-                    }
-                }
+        let job = move || {
+            let now = kms.now();
+            (kms.rotate_due_keys(now), kms.purge_due_deletions(now))
+        };
+        let Ok((rotated, destroyed)) = tokio::task::spawn_blocking(job).await else {
+            tracing::error!("lifecycle job panicked");
+            continue;
+        };
+        let mut events = Vec::new();
+        match rotated {
+            Ok(rotated) => events.extend(rotated.into_iter().map(|(name, v)| {
+                ("key.rotated", format!("key {name}: rotation period passed, new primary version {v}"))
+            })),
+            Err(e) => tracing::warn!(error = %e, "rotation job failed; retrying at the next interval"),
+        }
+        match destroyed {
+            Ok(destroyed) => events.extend(
+                destroyed
+                    .into_iter()
+                    .map(|name| ("key.destroyed", format!("key {name}: deletion window passed, material erased"))),
+            ),
+            Err(e) => tracing::warn!(error = %e, "deletion job failed; retrying at the next interval"),
+        }
+        for (event, detail) in events {
+            if let Err(e) = sec.event(event, "OK", Some(&detail)) {
+                tracing::error!(error = %e, %detail, "audit log: could not record a lifecycle change");
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "deletion job failed; retrying at the next interval"),
-            Err(_) => tracing::error!("deletion job panicked"),
         }
     }
 }

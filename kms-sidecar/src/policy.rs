@@ -32,7 +32,7 @@
 //! | `decrypt` | Decrypt, BatchDecrypt, DecryptStream | key name in the ciphertext header |
 //! | `rewrap` | ReEncrypt, ReEncryptDataKey | key name in the header |
 //! | `datakey` | GenerateDataKey, DecryptDataKey | key name |
-//! | `admin` | CreateKey, RotateKey, Enable/DisableKey, Schedule/CancelKeyDeletion, SetMinDecryptVersion | key name |
+//! | `admin` | CreateKey, RotateKey, Enable/DisableKey, Schedule/CancelKeyDeletion, SetMinDecryptVersion, SetRotationPeriod | key name |
 //! | any of the above | DescribeKey; ListKeys shows only such keys | key name |
 //! | `secrets-read` | GetSecret; ListSecrets shows only such secrets | secret name |
 //! | `secrets-write` | PutSecret, DeleteSecret | secret name |

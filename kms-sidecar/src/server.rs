@@ -119,17 +119,9 @@ pub async fn serve_tcp_auto(
         .await?)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the
-/// socket file. A stale socket file from an earlier run is replaced; a path that exists and
-/// is not a socket is refused.
-pub async fn serve_unix(
-    kms: Arc<Kms>,
-    sec: Arc<Security>,
-    path: &Path,
-    mode: u32,
-    limits: Limits,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+/// Binds a Unix socket at `path` with permissions `mode`. A stale socket file from an
+/// earlier run is replaced; a path that exists and is not a socket is refused.
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let sock_err = |source| ServeError::Socket { path: path.to_path_buf(), source };
     match std::fs::symlink_metadata(path) {
@@ -141,9 +133,51 @@ pub async fn serve_unix(
     }
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
+    Ok(listener)
+}
 
+/// Serves until `shutdown` resolves, then lets in-flight requests finish and removes the
+/// socket file. A stale socket file from an earlier run is replaced; a path that exists and
+/// is not a socket is refused.
+pub async fn serve_unix(
+    kms: Arc<Kms>,
+    sec: Arc<Security>,
+    path: &Path,
+    mode: u32,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind_unix(path, mode)?;
     let result = router(tonic::transport::Server::builder(), kms, sec, limits)
         .await?
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(path);
+    Ok(result?)
+}
+
+/// Serves the Kubernetes KMS v2 plugin API (see [`crate::k8s_kms`]) over the key `key` on
+/// its own Unix socket, with the gRPC health service; stops like [`serve_unix`].
+pub async fn serve_k8s_kms_unix(
+    kms: Arc<Kms>,
+    sec: Arc<Security>,
+    path: &Path,
+    mode: u32,
+    key: &str,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind_unix(path, mode)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::k8s_kms::pb::key_management_service_server::KeyManagementServiceServer<
+            crate::k8s_kms::K8sKmsService,
+        >>()
+        .await;
+    let service = crate::k8s_kms::K8sKmsService::new(kms, sec, key, limits).into_server();
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(path);

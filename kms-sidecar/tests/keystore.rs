@@ -44,19 +44,33 @@ fn conformance(store: &dyn KeyStore) {
         .update_key(
             "tenant-a/db",
             k2.row_version,
-            KeyUpdate { state: KeyState::PendingDeletion { delete_after: 1_700_000_000 }, min_decrypt_version: 2 },
+            KeyUpdate {
+                state: KeyState::PendingDeletion { delete_after: 1_700_000_000 },
+                min_decrypt_version: 2,
+                rotation_period: Some(86_400),
+            },
         )
         .unwrap();
     assert_eq!(k3.state, KeyState::PendingDeletion { delete_after: 1_700_000_000 });
     assert_eq!(k3.min_decrypt_version, 2);
+    assert_eq!(k3.rotation_period, Some(86_400));
     assert!(matches!(
-        store.update_key("tenant-a/db", k2.row_version, KeyUpdate { state: KeyState::Enabled, min_decrypt_version: 1 }),
+        store.update_key(
+            "tenant-a/db",
+            k2.row_version,
+            KeyUpdate { state: KeyState::Enabled, min_decrypt_version: 1, rotation_period: None }
+        ),
         Err(StoreError::Conflict(_))
     ));
     let k4 = store
-        .update_key("tenant-a/db", k3.row_version, KeyUpdate { state: KeyState::Disabled, min_decrypt_version: 2 })
+        .update_key(
+            "tenant-a/db",
+            k3.row_version,
+            KeyUpdate { state: KeyState::Disabled, min_decrypt_version: 2, rotation_period: None },
+        )
         .unwrap();
     assert_eq!(k4.state, KeyState::Disabled);
+    assert_eq!(k4.rotation_period, None);
 
     // Destroying a version erases its material for good.
     let k5 = store.destroy_version("tenant-a/db", 1, 300).unwrap();

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crypto_core::clock::ManualClock;
 use crypto_core::keys::KeyState;
 use crypto_core::provider::KeyProvider;
 use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
@@ -76,13 +77,26 @@ fn lifecycle_crypto_and_secrets_survive_restart() {
     assert!(matches!(kms.encrypt("tenant-a/db", b"x", &c), Err(KmsError::FailedPrecondition(_))));
     assert!(matches!(kms.decrypt(&ct_v2, &c), Err(KmsError::FailedPrecondition(_))));
     kms.enable_key("tenant-a/db").unwrap();
-    let k = kms.schedule_key_deletion("tenant-a/db", 86400).unwrap();
+    let k = kms.schedule_key_deletion("tenant-a/db", 7 * DAY).unwrap();
     assert!(matches!(k.state, KeyState::PendingDeletion { .. }));
     assert!(matches!(kms.encrypt("tenant-a/db", b"x", &c), Err(KmsError::FailedPrecondition(_))));
     assert!(matches!(kms.rotate_key("tenant-a/db"), Err(KmsError::FailedPrecondition(_))));
     assert_eq!(kms.cancel_key_deletion("tenant-a/db").unwrap().state, KeyState::Disabled);
     assert!(matches!(kms.cancel_key_deletion("tenant-a/db"), Err(KmsError::FailedPrecondition(_))));
-    assert!(matches!(kms.schedule_key_deletion("tenant-a/db", 0), Err(KmsError::InvalidArgument(_))));
+    // The waiting period is 7 to 30 days; 0 asks for the default of 30.
+    for bad in [1, 7 * DAY - 1, 30 * DAY + 1, u64::MAX] {
+        assert!(matches!(kms.schedule_key_deletion("tenant-a/db", bad), Err(KmsError::InvalidArgument(_))), "{bad}");
+    }
+    assert_eq!(
+        kms.describe_key("tenant-a/db").unwrap().state,
+        KeyState::Disabled,
+        "a refused schedule changes nothing"
+    );
+    let k = kms.schedule_key_deletion("tenant-a/db", 0).unwrap();
+    let KeyState::PendingDeletion { delete_after } = k.state else { panic!("{:?}", k.state) };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 30 * DAY - 5..=now + 30 * DAY + 5).contains(&delete_after), "default window is 30 days");
+    kms.cancel_key_deletion("tenant-a/db").unwrap();
     kms.delete_secret("db/password").unwrap();
     assert!(matches!(kms.get_secret("db/password", None), Err(KmsError::NotFound(_))));
 }
@@ -98,6 +112,17 @@ fn root_key_missing_with_keys_is_refused() {
     assert!(LocalRootKey::load_or_create(dir.path().join("root.key"), may_create).is_err());
 }
 
+const DAY: u64 = 86_400;
+
+/// A KMS on `dir` whose clock moves only when the test says so.
+fn open_at(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Kms {
+    open(dir).with_clock(clock.clone())
+}
+
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(std::time::Duration::from_secs(1_800_000_000)))
+}
+
 fn open_with(dir: &std::path::Path, options: KmsOptions) -> Kms {
     let store = Arc::new(SqliteStore::open(dir.join("keystore.db")).unwrap());
     let root = LocalRootKey::load_or_create(dir.join("root.key"), true).unwrap();
@@ -107,7 +132,8 @@ fn open_with(dir: &std::path::Path, options: KmsOptions) -> Kms {
 #[test]
 fn deletion_job_destroys_due_keys_and_erases_material_from_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = open(dir.path());
+    let clock = manual_clock();
+    let kms = open_at(dir.path(), &clock);
     let c = ctx(&[("tenant", "a")]);
     kms.create_key("t/doomed").unwrap();
     kms.rotate_key("t/doomed").unwrap();
@@ -117,13 +143,17 @@ fn deletion_job_destroys_due_keys_and_erases_material_from_the_files() {
         kms.store().get_key("t/doomed").unwrap().versions.iter().map(|v| v.wrapped_material.clone().unwrap()).collect();
     assert_eq!(wrapped.len(), 2);
 
-    let k = kms.schedule_key_deletion("t/doomed", 60).unwrap();
+    let k = kms.schedule_key_deletion("t/doomed", 7 * DAY).unwrap();
     let KeyState::PendingDeletion { delete_after } = k.state else { panic!("{:?}", k.state) };
     let due = delete_after as i64;
+    assert_eq!(due, kms.now() + 7 * DAY as i64);
     // Not due yet: nothing happens.
-    assert!(kms.purge_due_deletions(due - 1).unwrap().is_empty());
+    clock.advance(std::time::Duration::from_secs(7 * DAY - 1));
+    assert!(kms.purge_due_deletions(kms.now()).unwrap().is_empty());
+    assert!(kms.describe_key("t/doomed").unwrap().versions.iter().all(|v| v.wrapped_material.is_some()));
     // Due: destroyed, and cancelling is refused from the deadline on.
-    assert_eq!(kms.purge_due_deletions(due).unwrap(), vec!["t/doomed".to_owned()]);
+    clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(kms.purge_due_deletions(kms.now()).unwrap(), vec!["t/doomed".to_owned()]);
     let k = kms.describe_key("t/doomed").unwrap();
     assert_eq!(k.state, KeyState::Destroyed);
     assert!(k.versions.iter().all(|v| v.wrapped_material.is_none() && v.destroyed_at.is_some()));
@@ -155,10 +185,14 @@ fn deletion_job_destroys_due_keys_and_erases_material_from_the_files() {
 #[test]
 fn cancel_after_the_window_is_refused_even_before_the_job_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = open(dir.path());
+    let clock = manual_clock();
+    let kms = open_at(dir.path(), &clock);
     kms.create_key("t/k").unwrap();
-    kms.schedule_key_deletion("t/k", 1).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    kms.schedule_key_deletion("t/k", 7 * DAY).unwrap();
+    clock.advance(std::time::Duration::from_secs(7 * DAY - 1));
+    kms.cancel_key_deletion("t/k").unwrap();
+    kms.schedule_key_deletion("t/k", 7 * DAY).unwrap();
+    clock.advance(std::time::Duration::from_secs(7 * DAY));
     assert!(matches!(kms.cancel_key_deletion("t/k"), Err(KmsError::FailedPrecondition(_))));
 }
 
@@ -322,4 +356,102 @@ fn reordered_wrapped_keys_cannot_redirect_rewrap() {
     let (plaintext, key, _) = kms.decrypt(&sealed, &context).unwrap();
     assert_eq!((plaintext.expose_secret(), key.as_str()), (&b"tenant a data"[..], "tenant-a/db"));
     assert!(matches!(kms.re_encrypt(&sealed), Err(KmsError::InvalidArgument(_))), "re-wrap redirected");
+}
+
+#[test]
+fn rotation_period_rotates_once_when_due_and_only_enabled_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual_clock();
+    let kms = open_at(dir.path(), &clock);
+    let c = ctx(&[]);
+    kms.create_key("t/auto").unwrap();
+    kms.create_key("t/manual").unwrap();
+    kms.create_key("t/off").unwrap();
+    for bad in [Some(0), Some(3_599), Some(36_501 * DAY)] {
+        assert!(matches!(kms.set_rotation_period("t/auto", bad), Err(KmsError::InvalidArgument(_))), "{bad:?}");
+    }
+    assert!(matches!(kms.set_rotation_period("t/missing", Some(DAY)), Err(KmsError::NotFound(_))));
+    let k = kms.set_rotation_period("t/auto", Some(30 * DAY)).unwrap();
+    assert_eq!(k.rotation_period, Some(30 * DAY));
+    assert_eq!(kms_sidecar::kms::next_rotation_at(&k), Some(kms.now() + 30 * DAY as i64));
+    kms.set_rotation_period("t/off", Some(DAY)).unwrap();
+    kms.disable_key("t/off").unwrap();
+    let (ct_v1, _) = kms.encrypt("t/auto", b"old", &c).unwrap();
+
+    clock.advance(std::time::Duration::from_secs(30 * DAY - 1));
+    assert!(kms.rotate_due_keys(kms.now()).unwrap().is_empty(), "not due one second early");
+    clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(kms.rotate_due_keys(kms.now()).unwrap(), vec![("t/auto".to_owned(), 2)]);
+    assert!(kms.rotate_due_keys(kms.now()).unwrap().is_empty(), "rotated once, not again");
+    let (ct_v2, v) = kms.encrypt("t/auto", b"new", &c).unwrap();
+    assert_eq!(v, 2, "new data is sealed under the new primary");
+    assert_eq!(kms.decrypt(&ct_v1, &c).unwrap().0.expose_secret(), b"old", "old data still opens");
+    assert_eq!(kms.decrypt(&ct_v2, &c).unwrap().0.expose_secret(), b"new");
+    assert_eq!(kms.describe_key("t/manual").unwrap().primary_version, 1, "no period, no rotation");
+    assert_eq!(kms.describe_key("t/off").unwrap().primary_version, 1, "disabled keys are not rotated");
+
+    // The period counts from the newest primary, also after a manual rotation.
+    clock.advance(std::time::Duration::from_secs(10 * DAY));
+    kms.rotate_key("t/auto").unwrap();
+    clock.advance(std::time::Duration::from_secs(29 * DAY));
+    assert!(kms.rotate_due_keys(kms.now()).unwrap().is_empty());
+    clock.advance(std::time::Duration::from_secs(DAY));
+    assert_eq!(kms.rotate_due_keys(kms.now()).unwrap(), vec![("t/auto".to_owned(), 4)]);
+
+    // Clearing the period stops it; the setting survives a restart.
+    let k = kms.set_rotation_period("t/auto", None).unwrap();
+    assert_eq!((k.rotation_period, kms_sidecar::kms::next_rotation_at(&k)), (None, None));
+    clock.advance(std::time::Duration::from_secs(365 * DAY));
+    assert!(kms.rotate_due_keys(kms.now()).unwrap().is_empty());
+    drop(kms);
+    let kms = open_at(dir.path(), &clock);
+    assert_eq!(kms.describe_key("t/off").unwrap().rotation_period, Some(DAY));
+}
+
+/// Several KMS instances (as several sidecars) run the rotation job at the same moment on
+/// one store: a due key gets exactly one new version.
+fn concurrent_rotation_jobs(open_one: impl Fn() -> Kms) {
+    let clock = manual_clock();
+    let first = open_one().with_clock(clock.clone());
+    let name = format!("t/auto-{}", std::process::id());
+    first.create_key(&name).unwrap();
+    first.set_rotation_period(&name, Some(DAY)).unwrap();
+    clock.advance(std::time::Duration::from_secs(DAY));
+    let instances: Vec<Kms> = (0..4).map(|_| open_one().with_clock(clock.clone())).collect();
+    let barrier = std::sync::Barrier::new(instances.len());
+    let rotated: Vec<Vec<(String, u32)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = instances
+            .iter()
+            .map(|k| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    k.rotate_due_keys(k.now()).unwrap().into_iter().filter(|(n, _)| n.starts_with("t/auto-")).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<_> = rotated.into_iter().flatten().filter(|(n, _)| *n == name).collect();
+    assert_eq!(all, vec![(name.clone(), 2)], "exactly one instance rotated");
+    let k = first.describe_key(&name).unwrap();
+    assert_eq!(k.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn sqlite_concurrent_rotation_jobs_rotate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_rotation_jobs(|| open(dir.path()));
+}
+
+#[test]
+fn postgres_concurrent_rotation_jobs_rotate_once() {
+    let Some(pg) = common::PgSchema::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root_path = dir.path().join("root.key");
+    LocalRootKey::load_or_create(&root_path, true).unwrap();
+    concurrent_rotation_jobs(|| {
+        let store = Arc::new(PostgresStore::connect(&pg.config).unwrap());
+        Kms::new(store, LocalRootKey::load_or_create(&root_path, false).unwrap())
+    });
 }

@@ -141,6 +141,15 @@ fn every_operation_is_denied_without_a_role_and_audited() {
                 .map(drop),
             ),
             (
+                "SetRotationPeriod",
+                c.set_rotation_period(pb::SetRotationPeriodRequest {
+                    name: "tenant-a/db".into(),
+                    rotation_period_seconds: 86400,
+                })
+                .await
+                .map(drop),
+            ),
+            (
                 "Encrypt",
                 c.encrypt(pb::EncryptRequest {
                     key_name: "tenant-a/db".into(),
@@ -276,7 +285,7 @@ fn every_operation_is_denied_without_a_role_and_audited() {
         assert!(owner.list_keys(pb::ListKeysRequest {}).await.unwrap().into_inner().keys.len() == 1);
         ops
     });
-    assert_eq!(denied_ops.len(), 30);
+    assert_eq!(denied_ops.len(), 31);
     sidecar.stop();
     let records = audit_records(&data);
     for op in denied_ops {

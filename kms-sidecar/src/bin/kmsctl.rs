@@ -446,12 +446,20 @@ enum KeyCmd {
     Enable { name: String },
     /// Disable a key.
     Disable { name: String },
-    /// Schedule destruction after a waiting period.
+    /// Schedule destruction after a waiting period of 7 to 30 days (cancellable until
+    /// then; afterwards every version's material is erased: crypto-shredding).
     ScheduleDeletion {
         name: String,
-        /// Waiting period in seconds (default 7 days).
-        #[arg(long, default_value_t = 7 * 86400)]
-        seconds: u64,
+        /// Waiting period, e.g. 7d, 30d [default: 30d].
+        #[arg(long, value_parser = parse_period)]
+        window: Option<std::time::Duration>,
+    },
+    /// Rotate automatically once the primary version is PERIOD old (e.g. 90d, 12h), or
+    /// `off` to rotate only by hand.
+    RotationPeriod {
+        name: String,
+        /// 1h to 36500d, or `off`.
+        period: String,
     },
     /// Cancel a scheduled deletion (the key becomes disabled).
     CancelDeletion { name: String },
@@ -497,6 +505,11 @@ fn context(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// A period such as `30d` or `12h` (the sidecar's duration syntax).
+fn parse_period(text: &str) -> std::result::Result<std::time::Duration, String> {
+    kms_sidecar::config::parse_duration(text)
+}
+
 fn state_name(state: i32) -> &'static str {
     match pb::KeyState::try_from(state) {
         Ok(pb::KeyState::Enabled) => "enabled",
@@ -511,7 +524,8 @@ fn key_json(k: &pb::KeyMetadata) -> Value {
     json!({
         "name": k.name, "state": state_name(k.state), "primary_version": k.primary_version,
         "min_decrypt_version": k.min_decrypt_version, "created_at": k.created_at_unix,
-        "delete_after": k.delete_after_unix, "versions": k.versions.iter().map(|v| json!({
+        "delete_after": k.delete_after_unix, "rotation_period": k.rotation_period_seconds,
+        "next_rotation": k.next_rotation_unix, "versions": k.versions.iter().map(|v| json!({
             "version": v.version, "created_at": v.created_at_unix, "destroyed_at": v.destroyed_at_unix})).collect::<Vec<_>>(),
     })
 }
@@ -627,10 +641,19 @@ fn run(cli: Cli) -> Result<()> {
                 KeyCmd::Disable { name } => {
                     client.call(|mut c| async move { c.disable_key(pb::KeyRef { name }).await })?
                 }
-                KeyCmd::ScheduleDeletion { name, seconds } => client.call(|mut c| async move {
-                    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest { name, pending_window_seconds: seconds })
-                        .await
-                })?,
+                KeyCmd::ScheduleDeletion { name, window } => {
+                    let pending_window_seconds = window.map_or(0, |w| w.as_secs());
+                    client.call(|mut c| async move {
+                        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest { name, pending_window_seconds }).await
+                    })?
+                }
+                KeyCmd::RotationPeriod { name, period } => {
+                    let rotation_period_seconds =
+                        if period == "off" { 0 } else { parse_period(&period)?.as_secs().max(1) };
+                    client.call(|mut c| async move {
+                        c.set_rotation_period(pb::SetRotationPeriodRequest { name, rotation_period_seconds }).await
+                    })?
+                }
                 KeyCmd::CancelDeletion { name } => {
                     client.call(|mut c| async move { c.cancel_key_deletion(pb::KeyRef { name }).await })?
                 }

@@ -96,17 +96,30 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Optimistic-concurrency counter, bumped by every change.
     pub row_version: i64,
+    /// Automatic rotation: a new primary version once the current one is this many seconds
+    /// old (`None`: only by hand).
+    pub rotation_period: Option<u64>,
     /// All versions, oldest first.
     pub versions: Vec<StoredVersion>,
 }
 
-/// A change to a key's state or decrypt floor (applied only if `row_version` still matches).
+/// A change to a key's state, decrypt floor or rotation period (applied only if
+/// `row_version` still matches). Start from [`KeyUpdate::from`] a record and change fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyUpdate {
     /// New state.
     pub state: KeyState,
     /// New minimum decryption version.
     pub min_decrypt_version: u32,
+    /// New rotation period in seconds (`None`: no automatic rotation).
+    pub rotation_period: Option<u64>,
+}
+
+impl From<&KeyRecord> for KeyUpdate {
+    /// The record's current settings: an update that changes nothing yet.
+    fn from(r: &KeyRecord) -> Self {
+        Self { state: r.state, min_decrypt_version: r.min_decrypt_version, rotation_period: r.rotation_period }
+    }
 }
 
 /// One stored version of a secret.
@@ -355,6 +368,19 @@ pub(crate) fn state_from_columns(state: &str, delete_after: Option<i64>) -> Resu
         ("destroyed", _) => KeyState::Destroyed,
         (other, _) => return Err(StoreError::Corrupt(format!("unknown key state {other:?}"))),
     })
+}
+
+/// Decodes the `rotation_period` column (seconds, positive, or NULL).
+pub(crate) fn rotation_period_from_db(v: Option<i64>) -> Result<Option<u64>, StoreError> {
+    v.map(|p| {
+        u64::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| StoreError::Corrupt(format!("bad rotation period {p}")))
+    })
+    .transpose()
+}
+
+/// Encodes the `rotation_period` column.
+pub(crate) fn rotation_period_to_db(v: Option<u64>) -> Option<i64> {
+    v.map(|p| i64::try_from(p).unwrap_or(i64::MAX))
 }
 
 /// Checks a stored version number.

@@ -10,7 +10,8 @@ use postgres::{Client, GenericClient, NoTls};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, rotation_period_from_db, rotation_period_to_db,
+    state_from_columns, state_to_columns, version_from_db,
 };
 
 /// Advisory-lock id serialising migrations across sidecars ("kms-sche" in ASCII).
@@ -77,7 +78,8 @@ impl PostgresStore {
 fn load_key(c: &mut impl GenericClient, name: &str) -> Result<KeyRecord, StoreError> {
     let row = c
         .query_opt(
-            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version FROM keys WHERE name = $1",
+            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version, rotation_period
+             FROM keys WHERE name = $1",
             &[&name],
         )?
         .ok_or_else(|| StoreError::NotFound(format!("key {name:?}")))?;
@@ -104,6 +106,7 @@ fn load_key(c: &mut impl GenericClient, name: &str) -> Result<KeyRecord, StoreEr
         min_decrypt_version: version_from_db(row.get(3))?,
         created_at: row.get(4),
         row_version: row.get(5),
+        rotation_period: rotation_period_from_db(row.get(6))?,
         versions,
     })
 }
@@ -192,9 +195,16 @@ impl KeyStore for PostgresStore {
         lock_and_check(&mut tx, name, expected)?;
         let (state, delete_after) = state_to_columns(update.state);
         tx.execute(
-            "UPDATE keys SET state = $2, delete_after = $3, min_decrypt_version = $4, row_version = row_version + 1
+            "UPDATE keys SET state = $2, delete_after = $3, min_decrypt_version = $4, rotation_period = $5,
+                             row_version = row_version + 1
              WHERE name = $1",
-            &[&name, &state, &delete_after, &i64::from(update.min_decrypt_version)],
+            &[
+                &name,
+                &state,
+                &delete_after,
+                &i64::from(update.min_decrypt_version),
+                &rotation_period_to_db(update.rotation_period),
+            ],
         )?;
         let record = load_key(&mut tx, name)?;
         tx.commit()?;

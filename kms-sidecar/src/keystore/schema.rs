@@ -129,4 +129,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX api_tokens_name ON api_tokens (name);",
     },
+    Migration {
+        // 4: automatic rotation. A key with a period gets a new primary version once its
+        // current primary is that old (NULL: rotated only by hand).
+        sqlite: "ALTER TABLE keys ADD COLUMN rotation_period INTEGER;",
+        postgres: "ALTER TABLE keys ADD COLUMN rotation_period BIGINT;",
+    },
 ];

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::schema::MIGRATIONS;
 use super::{
     CertificateRecord, KeyRecord, KeyStore, KeyUpdate, SecretRecord, SecretSummary, StoreError, StoredCa,
-    StoredVersion, TokenRecord, decode_parents, encode_parents, state_from_columns, state_to_columns, version_from_db,
+    StoredVersion, TokenRecord, decode_parents, encode_parents, rotation_period_from_db, rotation_period_to_db,
+    state_from_columns, state_to_columns, version_from_db,
 };
 
 /// The SQLite keystore.
@@ -84,7 +85,8 @@ impl SqliteStore {
 fn load_key(conn: &Connection, name: &str) -> Result<KeyRecord, StoreError> {
     let row = conn
         .query_row(
-            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version FROM keys WHERE name = ?1",
+            "SELECT state, delete_after, primary_version, min_decrypt_version, created_at, row_version, rotation_period
+             FROM keys WHERE name = ?1",
             [name],
             |r| {
                 Ok((
@@ -94,6 +96,7 @@ fn load_key(conn: &Connection, name: &str) -> Result<KeyRecord, StoreError> {
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
                 ))
             },
         )
@@ -118,6 +121,7 @@ fn load_key(conn: &Connection, name: &str) -> Result<KeyRecord, StoreError> {
         min_decrypt_version: version_from_db(row.3)?,
         created_at: row.4,
         row_version: row.5,
+        rotation_period: rotation_period_from_db(row.6)?,
         versions,
     })
 }
@@ -209,9 +213,16 @@ impl KeyStore for SqliteStore {
         check_row_version(&tx, name, expected)?;
         let (state, delete_after) = state_to_columns(update.state);
         tx.execute(
-            "UPDATE keys SET state = ?2, delete_after = ?3, min_decrypt_version = ?4, row_version = row_version + 1
+            "UPDATE keys SET state = ?2, delete_after = ?3, min_decrypt_version = ?4, rotation_period = ?5,
+                             row_version = row_version + 1
              WHERE name = ?1",
-            params![name, state, delete_after, i64::from(update.min_decrypt_version)],
+            params![
+                name,
+                state,
+                delete_after,
+                i64::from(update.min_decrypt_version),
+                rotation_period_to_db(update.rotation_period)
+            ],
         )?;
         let record = load_key(&tx, name)?;
         tx.commit()?;
