@@ -81,14 +81,20 @@ enum Cmd {
         #[arg(long = "out")]
         output: PathBuf,
     },
-    /// Re-wrap a file's data key under its key's primary version (body unchanged).
+    /// Re-wrap a file's data key under its key's primary version (body unchanged), or with
+    /// `--recursive DIR` every envelope file under DIR in place.
     Rewrap {
         /// Input file.
-        #[arg(long = "in")]
-        input: PathBuf,
+        #[arg(long = "in", required_unless_present = "recursive", requires = "output")]
+        input: Option<PathBuf>,
         /// Output file.
-        #[arg(long = "out")]
-        output: PathBuf,
+        #[arg(long = "out", requires = "input")]
+        output: Option<PathBuf>,
+        /// Rewrap every envelope file under this directory in place: atomically per file
+        /// (a temporary file renamed over the original), header only, files already at
+        /// their key's primary version left alone. Safe to interrupt and run again.
+        #[arg(long, conflicts_with_all = ["input", "output"])]
+        recursive: Option<PathBuf>,
     },
     /// Generate a data key (prints the plaintext and wrapped forms, hex).
     Datakey {
@@ -592,6 +598,190 @@ fn write_atomically(out: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<(
     result
 }
 
+/// What `rewrap --recursive` did.
+#[derive(Default)]
+struct RewrapSummary {
+    rewrapped: u64,
+    current: u64,
+    not_envelopes: u64,
+    not_ours: u64,
+    stale_partials_removed: u64,
+    failed: Vec<(PathBuf, String)>,
+}
+
+impl RewrapSummary {
+    fn line(&self) -> String {
+        format!(
+            "rewrapped {}, already current {}, not envelopes {}, no data key of this sidecar {}, failed {}{}",
+            self.rewrapped,
+            self.current,
+            self.not_envelopes,
+            self.not_ours,
+            self.failed.len(),
+            if self.stale_partials_removed > 0 {
+                format!(" (removed {} leftover partial files of an interrupted run)", self.stale_partials_removed)
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "rewrapped": self.rewrapped, "current": self.current, "not_envelopes": self.not_envelopes,
+            "not_ours": self.not_ours, "stale_partials_removed": self.stale_partials_removed,
+            "failed": self.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Suffix of the temporary files `rewrap --recursive` writes: `.NAME.kmsctl-rewrap-PID.partial`.
+const REWRAP_PARTIAL: &str = ".kmsctl-rewrap-";
+
+/// Regular files under `dir` (symbolic links are not followed), sorted, and leftover
+/// temporary files of interrupted runs whose process is gone.
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, stale: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries = fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if kind.is_dir() {
+            walk(&path, files, stale)?;
+        } else if kind.is_file() {
+            if let Some(pid) = name
+                .strip_suffix(".partial")
+                .and_then(|n| n.rsplit_once(REWRAP_PARTIAL))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    stale.push(path);
+                }
+                continue;
+            }
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// What `rewrap --recursive` did with one file.
+enum Rewrapped {
+    /// Not a crypto-core envelope: left alone.
+    NotEnvelope,
+    /// An envelope without a data key wrapped by this sidecar: left alone.
+    NotOurs,
+    /// Every sidecar entry is at its key's primary version already.
+    Current,
+    /// Rewritten with the new header.
+    Done,
+}
+
+/// Rewraps one file in place.
+fn rewrap_file(provider: &SidecarProvider, path: &Path) -> Result<Rewrapped> {
+    let mut file = File::open(path)?;
+    let before = file.metadata()?;
+    let mut head = Vec::new();
+    (&mut file).take(70 * 1024).read_to_end(&mut head)?;
+    if !head.starts_with(&crypto_core::envelope::MAGIC) {
+        return Ok(Rewrapped::NotEnvelope);
+    }
+    let (header, _) = crypto_core::envelope::Header::parse(&head)?;
+    let old = header.wrapped_keys();
+    if !old.iter().any(|w| w.provider_id == kms_sidecar::kms::PROVIDER_ID) {
+        return Ok(Rewrapped::NotOurs);
+    }
+    // The sidecar re-wraps without the data key leaving it; a file whose entries come back
+    // at the same versions is already current and is not rewritten.
+    let new = provider.rewrap(old)?;
+    if new.iter().zip(old).all(|(n, o)| n.key_version == o.key_version) {
+        return Ok(Rewrapped::Current);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or("file name is not UTF-8")?;
+    let tmp = dir.join(format!(".{name}{REWRAP_PARTIAL}{}.partial", std::process::id()));
+    let result = (|| -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // Same permissions as the original (the owner stays whoever runs kmsctl).
+        out.set_permissions(fs::Permissions::from_mode(before.mode() & 0o7777))?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        rewrap_stream_with(reader, &mut w, |_| Ok(new))?;
+        let out = w.into_inner().map_err(|e| e.into_error())?;
+        out.sync_all()?;
+        // Refuse to replace a file that changed while it was being copied.
+        let now = fs::metadata(path)?;
+        if (now.len(), now.mtime(), now.mtime_nsec(), now.ino())
+            != (before.len(), before.mtime(), before.mtime_nsec(), before.ino())
+        {
+            return Err("the file changed during the rewrap; left as it was".into());
+        }
+        fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| Rewrapped::Done)
+}
+
+/// `rewrap --recursive`: every regular file under `dir`, one at a time, with a progress bar
+/// on a terminal. Per-file failures are collected, not fatal.
+fn rewrap_tree(provider: &SidecarProvider, dir: &Path, json_out: bool) -> Result<RewrapSummary> {
+    use std::io::IsTerminal;
+    if !fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()).into());
+    }
+    let (mut files, mut stale) = (Vec::new(), Vec::new());
+    walk(dir, &mut files, &mut stale)?;
+    let mut summary = RewrapSummary::default();
+    for path in stale {
+        if fs::remove_file(&path).is_ok() {
+            summary.stale_partials_removed += 1;
+        }
+    }
+    let bar = if !json_out && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(files.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("rewrap {bar:40} {pos}/{len} files {msg}") {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut touched_dirs = std::collections::BTreeSet::new();
+    for path in files {
+        match rewrap_file(provider, &path) {
+            Ok(Rewrapped::NotEnvelope) => summary.not_envelopes += 1,
+            Ok(Rewrapped::NotOurs) => summary.not_ours += 1,
+            Ok(Rewrapped::Current) => summary.current += 1,
+            Ok(Rewrapped::Done) => {
+                summary.rewrapped += 1;
+                if let Some(parent) = path.parent() {
+                    touched_dirs.insert(parent.to_path_buf());
+                }
+            }
+            Err(e) => summary.failed.push((path, e.to_string())),
+        }
+        bar.inc(1);
+        bar.set_message(format!("({} rewrapped, {} failed)", summary.rewrapped, summary.failed.len()));
+    }
+    bar.finish_and_clear();
+    // The renames are durable once their directories are.
+    for d in touched_dirs {
+        let synced = File::open(&d).and_then(|f| f.sync_all());
+        if let Err(e) = synced {
+            summary.failed.push((d, format!("fsync of the directory failed: {e}")));
+        }
+    }
+    Ok(summary)
+}
+
 fn run(cli: Cli) -> Result<()> {
     let token = match (&cli.token_file, std::env::var("KMS_TOKEN")) {
         (Some(path), _) => Some(
@@ -700,7 +890,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("decrypted {bytes} bytes to {}", output.display());
             }
         }
-        Cmd::Rewrap { input, output } => {
+        Cmd::Rewrap { recursive: Some(dir), .. } => {
+            let summary = rewrap_tree(&SidecarProvider::new(client), &dir, j)?;
+            if j {
+                println!("{}", summary.to_json());
+            } else {
+                eprintln!("{}", summary.line());
+                for (path, error) in &summary.failed {
+                    eprintln!("  failed: {}: {error}", path.display());
+                }
+            }
+            if !summary.failed.is_empty() {
+                return Err(format!("{} file(s) could not be rewrapped", summary.failed.len()).into());
+            }
+        }
+        Cmd::Rewrap { input: Some(input), output: Some(output), .. } => {
             let provider = SidecarProvider::new(client);
             let reader =
                 BufReader::with_capacity(1 << 20, File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?);
@@ -717,6 +921,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("rewrapped to {} v{} in {}", header.key_name(), header.key_version(), output.display());
             }
         }
+        Cmd::Rewrap { .. } => return Err("give --in and --out, or --recursive DIR".into()),
         Cmd::Datakey { key } => {
             let resp = client.call(|mut c| async move {
                 c.generate_data_key(pb::GenerateDataKeyRequest { key_name: key, without_plaintext: false }).await
