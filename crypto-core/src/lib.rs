@@ -35,6 +35,8 @@
 //! ```
 
 mod aead;
+#[cfg(feature = "aws-kms")]
+pub mod aws_kms;
 pub mod bulk;
 pub mod cache;
 pub mod clock;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::keystore::{CertificateRecord, StoredCa};
 use crate::kms::{Kms, KmsError};
+use crate::root_key::RootKeyError;
 
 /// Root-key wrapping purpose of the CA's private key.
 const CA_KEY_PURPOSE: &str = "pki/issuing-ca";
@@ -124,7 +125,10 @@ impl Kms {
         let (certificate, policy) = (ca.certificate_der().to_vec(), policy_to_json(&init.policy));
         let purpose = key_purpose(&certificate, &[], &policy);
         let stored = StoredCa {
-            wrapped_key: self.root().wrap_secret(&purpose, key.expose_secret()),
+            wrapped_key: self
+                .root()
+                .wrap_secret(&purpose, key.expose_secret())
+                .map_err(|e| KmsError::Unavailable(format!("root key: {e}")))?,
             certificate,
             parents: Vec::new(),
             policy,
@@ -144,10 +148,12 @@ impl Kms {
         }
         let stored = self.store().get_ca()?;
         let purpose = key_purpose(&stored.certificate, &stored.parents, &stored.policy);
-        let der = self.root().unwrap_secret(&purpose, &stored.wrapped_key).map_err(|_| {
-            KmsError::Internal(
+        let der = self.root().unwrap_secret(&purpose, &stored.wrapped_key).map_err(|e| match e {
+            RootKeyError::Unavailable(m) => KmsError::Unavailable(format!("root key: {m}")),
+            RootKeyError::WrongRoot(m) => KmsError::Internal(m),
+            _ => KmsError::Internal(
                 "the stored CA does not unwrap under this root key (wrong root key, or the record was altered)".into(),
-            )
+            ),
         })?;
         // Stored data that does not load is the server's problem, not the caller's.
         let internal = |e: PkiError| KmsError::Internal(format!("stored CA: {e}"));

@@ -163,6 +163,21 @@ pub struct ServeArgs {
     /// oldest age, so the unauthenticated endpoint lists no tenant's key names).
     #[arg(long, env = "KMS_METRICS_KEY_NAMES")]
     pub metrics_key_names: Option<bool>,
+    /// Root of trust wrapping every KEK version: `local` (the key file root.key in the data
+    /// dir) or `aws-kms:<key-id, ARN or alias>` (AWS KMS; needs the `aws-kms` build
+    /// feature; credentials from the default AWS chain) [default: local].
+    #[arg(long, env = "KMS_ROOT_KEY")]
+    pub root_key: Option<String>,
+    /// AWS region of the root key [default: from the AWS environment, or the key's ARN].
+    #[arg(long, env = "KMS_AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// AWS KMS endpoint URL override (a VPC endpoint, or a local test server).
+    #[arg(long, env = "KMS_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// How long already-unwrapped keys keep serving while AWS KMS is unreachable, before
+    /// the sidecar fails closed [default: 5m].
+    #[arg(long, env = "KMS_ROOT_KEY_GRACE_PERIOD")]
+    pub root_key_grace_period: Option<String>,
     /// Serve the Kubernetes KMS v2 plugin API on this Unix socket (unix:///path or a path)
     /// for kube-apiserver, backed by `--k8s-kms-key` [default: off].
     #[arg(long, env = "KMS_K8S_KMS_SOCKET")]
@@ -232,6 +247,29 @@ struct FileConfig {
     metrics_key_names: Option<bool>,
     k8s_kms_socket: Option<String>,
     k8s_kms_key: Option<String>,
+    root_key: Option<String>,
+    aws_region: Option<String>,
+    aws_endpoint_url: Option<String>,
+    root_key_grace_period: Option<String>,
+}
+
+/// Which root of trust wraps the KEKs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RootKeySetting {
+    /// `root.key` in the data directory.
+    Local,
+    /// An AWS KMS key.
+    AwsKms {
+        /// Key id, ARN or alias.
+        key_id: String,
+        /// Region override.
+        region: Option<String>,
+        /// Endpoint URL override.
+        endpoint_url: Option<String>,
+        /// How long cached KEKs serve while AWS is unreachable.
+        grace_period: Duration,
+    },
 }
 
 /// The Kubernetes KMS v2 plugin endpoint.
@@ -320,6 +358,8 @@ pub struct Settings {
     pub metrics_key_names: bool,
     /// The Kubernetes KMS v2 plugin endpoint, if enabled.
     pub k8s_kms: Option<K8sKmsSettings>,
+    /// The root of trust.
+    pub root_key: RootKeySetting,
     /// Settings that were ignored, to be logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -526,6 +566,36 @@ impl ServeArgs {
                 Some(K8sKmsSettings { socket: path, key })
             }
         };
+        let root_key = match self.root_key.or(file.root_key).as_deref().map(str::trim) {
+            None | Some("local") => RootKeySetting::Local,
+            Some(text) => match text.strip_prefix("aws-kms:") {
+                Some(key_id) if !key_id.is_empty() => {
+                    if !cfg!(feature = "aws-kms") {
+                        return Err(invalid(
+                            "root_key",
+                            "this build has no AWS KMS support; build kms-sidecar with --features aws-kms",
+                        ));
+                    }
+                    let grace_period = duration(
+                        "root_key_grace_period",
+                        self.root_key_grace_period.or(file.root_key_grace_period),
+                        Duration::from_secs(300),
+                    )?;
+                    RootKeySetting::AwsKms {
+                        key_id: key_id.to_owned(),
+                        region: self.aws_region.or(file.aws_region),
+                        endpoint_url: self.aws_endpoint_url.or(file.aws_endpoint_url),
+                        grace_period,
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        "root_key",
+                        format!("{text:?}: expected local or aws-kms:<key-id, ARN or alias>"),
+                    ));
+                }
+            },
+        };
         let audit = AuditSettings {
             path: self.audit_log.or(file.audit_log).unwrap_or_else(|| data_dir.join("audit").join("audit.log")),
             key_file: self.audit_key_file.or(file.audit_key_file).unwrap_or_else(|| data_dir.join("audit.key")),
@@ -546,6 +616,7 @@ impl ServeArgs {
             metrics_listen,
             metrics_key_names: self.metrics_key_names.or(file.metrics_key_names).unwrap_or(false),
             k8s_kms,
+            root_key,
             data_dir,
             listen,
             tls_auto_ttl,
@@ -560,6 +631,19 @@ impl ServeArgs {
             log_level: self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             warnings,
         })
+    }
+}
+
+impl Settings {
+    /// How often a remote root key is probed: a third of its grace period, between 1 s
+    /// and 60 s (so the grace period sees at least three probes when it is long enough).
+    pub fn root_probe_interval(&self) -> Duration {
+        match &self.root_key {
+            RootKeySetting::AwsKms { grace_period, .. } => {
+                (*grace_period / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))
+            }
+            RootKeySetting::Local => Duration::from_secs(60),
+        }
     }
 }
 

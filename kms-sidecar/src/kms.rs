@@ -33,7 +33,7 @@ use crypto_core::provider::{KeyProvider, ProviderError, WrappedKey};
 use crypto_core::secret::{DataKey, KeyMaterial};
 
 use crate::keystore::{KeyRecord, KeyStore, KeyUpdate, StoreError};
-use crate::root_key::LocalRootKey;
+use crate::root_key::{RootKey, RootKeyError};
 
 /// Provider id of data keys wrapped by the sidecar.
 pub const PROVIDER_ID: &str = "kms-sidecar";
@@ -248,7 +248,7 @@ impl KekCache {
 /// The KMS core.
 pub struct Kms {
     store: Arc<dyn KeyStore>,
-    root: LocalRootKey,
+    root: RootKey,
     options: KmsOptions,
     records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
     keks: Mutex<KekCache>,
@@ -261,7 +261,18 @@ pub struct Kms {
 
 impl std::fmt::Debug for Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kms").field("store", &self.store).field("root", &self.root.path()).finish()
+        f.debug_struct("Kms").field("store", &self.store).field("root", &self.root.describe()).finish()
+    }
+}
+
+/// Maps a root-key failure: a stored version that does not unwrap is the server's data
+/// problem (internal); everything else means the root of trust cannot be used now.
+fn root_error(e: RootKeyError) -> KmsError {
+    match e {
+        e @ (RootKeyError::UnwrapFailed { .. } | RootKeyError::WrongRoot(_) | RootKeyError::Corrupt(_)) => {
+            KmsError::Internal(e.to_string())
+        }
+        other => KmsError::Unavailable(format!("root key: {other}")),
     }
 }
 
@@ -289,15 +300,15 @@ fn data_key_aad(name: &str, version: u32) -> Vec<u8> {
 
 impl Kms {
     /// A KMS over `store` with `root` wrapping KEK material at rest, default caches.
-    pub fn new(store: Arc<dyn KeyStore>, root: LocalRootKey) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, root: impl Into<RootKey>) -> Self {
         Self::with_options(store, root, KmsOptions::default())
     }
 
     /// A KMS with explicit cache settings.
-    pub fn with_options(store: Arc<dyn KeyStore>, root: LocalRootKey, options: KmsOptions) -> Self {
+    pub fn with_options(store: Arc<dyn KeyStore>, root: impl Into<RootKey>, options: KmsOptions) -> Self {
         Self {
             store,
-            root,
+            root: root.into(),
             options,
             records: Mutex::new(HashMap::new()),
             keks: Mutex::new(KekCache { capacity: options.kek_cache_capacity, ..KekCache::default() }),
@@ -354,7 +365,7 @@ impl Kms {
     }
 
     /// The root key.
-    pub(crate) fn root(&self) -> &LocalRootKey {
+    pub fn root(&self) -> &RootKey {
         &self.root
     }
 
@@ -458,6 +469,13 @@ impl Kms {
         record
     }
 
+    /// Drops every cached KEK (zeroized on drop).
+    pub fn forget_all_keks(&self) {
+        let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = keks.capacity;
+        *keks = KekCache { capacity, ..KekCache::default() };
+    }
+
     fn forget_destroyed_keks(&self, record: &KeyRecord) {
         let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
         for v in record.versions.iter().filter(|v| v.wrapped_material.is_none()) {
@@ -484,10 +502,20 @@ impl Kms {
             self.keks.lock().unwrap_or_else(|p| p.into_inner()).remove(name, version);
             return Err(KeyError::VersionDestroyed { name: name.clone(), version }.into());
         };
+        // A remote root of trust past its grace period (or refusing us) ends the use of
+        // every cached KEK: fail closed.
+        if let Err(e) = self.root.usable() {
+            self.forget_all_keks();
+            return Err(root_error(e));
+        }
         if let Some(m) = self.keks.lock().unwrap_or_else(|p| p.into_inner()).get(name, version) {
             return Ok(m);
         }
-        let material = self.root.unwrap(name, version, wrapped).map_err(|e| KmsError::Internal(e.to_string()))?;
+        if self.root.is_remote() {
+            // A network call: never on an async worker.
+            Self::store_allowed()?;
+        }
+        let material = self.root.unwrap(name, version, wrapped).map_err(root_error)?;
         self.keks.lock().unwrap_or_else(|p| p.into_inner()).insert(name, version, material.duplicate());
         Ok(material)
     }
@@ -506,7 +534,7 @@ impl Kms {
     pub fn create_key(&self, name: &str) -> Result<KeyInfo, KmsError> {
         validate_key_name(name)?;
         let material = KeyMaterial::generate();
-        let wrapped = self.root.wrap(name, 1, &material);
+        let wrapped = self.root.wrap(name, 1, &material).map_err(root_error)?;
         let record = self.store.create_key(name, &wrapped, self.now())?;
         tracing::info!(key = %name, "key created");
         Ok(self.remember_written(record))
@@ -539,10 +567,44 @@ impl Kms {
             .wrapped_material
             .as_ref()
             .ok_or_else(|| KeyError::VersionDestroyed { name: name.into(), version })?;
-        let material =
-            self.root.unwrap(name, version, wrapped).map_err(|e| KmsError::Unavailable(format!("root key: {e}")))?;
-        drop(material);
+        if self.root.is_remote() {
+            // A remote root: healthy while it is usable (reachable, or within its grace
+            // period) and the primary version unwraps (from the cache, or through it).
+            self.root.usable().map_err(root_error)?;
+            drop(self.kek(&record, version)?);
+        } else {
+            drop(self.root.unwrap(name, version, wrapped).map_err(root_error)?);
+        }
         Ok(self.remember_written(record))
+    }
+
+    /// Checks at start that the configured root key is the one the keystore was wrapped
+    /// with: unwraps the newest live version of the first key that has one (nothing to
+    /// check in an empty keystore). A wrong root key fails here, naming the key.
+    pub fn verify_root(&self) -> Result<(), KmsError> {
+        for key in self.store.list_keys()? {
+            if let Some(v) = key.versions.iter().rev().find(|v| v.wrapped_material.is_some())
+                && let Some(blob) = &v.wrapped_material
+            {
+                drop(self.root.unwrap(&key.name, v.version, blob).map_err(root_error)?);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes a remote root key (see [`RootKey::probe`]) and drops every cached KEK once it
+    /// is no longer usable. Returns whether it is usable.
+    pub fn probe_root(&self) -> Result<(), KmsError> {
+        let probed = self.root.probe();
+        if let Err(e) = &probed {
+            tracing::warn!(error = %e, "root key probe failed");
+        }
+        let usable = self.root.usable();
+        if usable.is_err() {
+            self.forget_all_keks();
+        }
+        usable.map_err(root_error)
     }
 
     /// Creates `name` unless it exists (another sidecar may create it at the same moment;
@@ -569,7 +631,7 @@ impl Kms {
                 Change::Update(u) => self.store.update_key(name, record.row_version, u),
                 Change::AddVersion(material) => {
                     let version = record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-                    let wrapped = self.root.wrap(name, version, &material);
+                    let wrapped = self.root.wrap(name, version, &material).map_err(root_error)?;
                     self.store.add_version(name, record.row_version, &wrapped, self.now())
                 }
             };

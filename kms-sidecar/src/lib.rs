@@ -20,6 +20,8 @@
 //!   closed), and the Prometheus endpoint.
 
 pub mod audit;
+#[cfg(feature = "aws-kms")]
+pub mod aws_root;
 pub mod ca;
 pub mod client;
 pub mod config;

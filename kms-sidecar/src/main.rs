@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use kms_sidecar::audit::{AuditConfig, AuditKey, AuditLog};
-use kms_sidecar::config::{Listen, LogFormat, ServeArgs, Settings, TlsSource};
+use kms_sidecar::config::{Listen, LogFormat, RootKeySetting, ServeArgs, Settings, TlsSource};
 use kms_sidecar::keystore::{KeyStore, PostgresStore, SqliteStore};
 use kms_sidecar::kms::{Kms, KmsOptions};
 use kms_sidecar::metrics::Metrics;
-use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE};
+use kms_sidecar::root_key::{LocalRootKey, ROOT_KEY_FILE, RootKey, RootKeyError};
 use kms_sidecar::security::Security;
 use kms_sidecar::server::{ServeError, serve_tcp_auto, serve_tcp_tls, serve_unix};
 use kms_sidecar::tls_auto::AutoTls;
@@ -80,10 +80,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(conn) => Arc::new(PostgresStore::connect(conn)?),
         None => Arc::new(SqliteStore::open(data_dir.join("keystore.db"))?),
     };
-    let may_create = store.key_count()? == 0;
-    let root = LocalRootKey::load_or_create(data_dir.join(ROOT_KEY_FILE), may_create)?;
+    let root = open_root_key(&settings, store.as_ref())?;
     let options = KmsOptions { key_cache_ttl: settings.key_cache_ttl, kek_cache_capacity: settings.kek_cache_capacity };
     let kms = Arc::new(Kms::with_options(store.clone(), root, options));
+    kms.verify_root().map_err(|e| format!("root key {}: {e}", kms.root().describe()))?;
+    tracing::info!(root_key = %kms.root().describe(), "root key ready");
 
     let mut fresh = [0u8; 32];
     crypto_core::fill_random(&mut fresh);
@@ -136,6 +137,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         let sec = sec_served;
         let purge = tokio::spawn(lifecycle_job(served.clone(), sec.clone(), settings.deletion_check_interval));
         let reload = tokio::spawn(reload_on_hangup(sec.clone()));
+        let probe = served.root().is_remote().then(|| {
+            let interval = settings.root_probe_interval();
+            tokio::spawn(root_probe(served.clone(), interval))
+        });
         // Every --tls auto identity is set up before any listener starts, so a failure there
         // stops the start instead of leaving half the listeners running.
         let mut prepared = Vec::new();
@@ -260,6 +265,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         purge.abort();
         reload.abort();
+        if let Some(probe) = probe {
+            probe.abort();
+        }
         result
     });
     // The chain's last record says the sidecar stopped cleanly (verify reports a log that
@@ -290,6 +298,69 @@ async fn reload_on_hangup(sec: Arc<Security>) {
             Ok(Err(e)) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
             Err(_) => tracing::error!("policy reload panicked"),
         }
+    }
+}
+
+/// The configured root of trust. The local key file is created only while the keystore
+/// holds no keys; an AWS KMS key must answer `DescribeKey` (enabled) before serving.
+fn open_root_key(settings: &Settings, store: &dyn KeyStore) -> Result<RootKey, Box<dyn std::error::Error>> {
+    match &settings.root_key {
+        RootKeySetting::Local => {
+            let may_create = store.key_count()? == 0;
+            match LocalRootKey::load_or_create(settings.data_dir.join(ROOT_KEY_FILE), may_create) {
+                Ok(root) => Ok(root.into()),
+                // Missing because this keystore was never wrapped by a key file?
+                Err(RootKeyError::Missing(_)) if wrapped_by_aws(store)? => Err(
+                    "the keystore's keys are wrapped by an AWS KMS root key; start with --root-key aws-kms:<key-id>"
+                        .into(),
+                ),
+                Err(e) => Err(e.into()),
+            }
+        }
+        #[cfg(feature = "aws-kms")]
+        RootKeySetting::AwsKms { key_id, region, endpoint_url, grace_period } => {
+            let mut config = crypto_core::aws_kms::AwsKmsConfig::new(key_id.clone());
+            if let Some(region) = region {
+                config = config.with_region(region.clone());
+            }
+            if let Some(url) = endpoint_url {
+                config = config.with_endpoint_url(url.clone());
+            }
+            let root = kms_sidecar::aws_root::AwsRootKey::new(config, *grace_period)?;
+            root.check()?;
+            Ok(RootKey::Aws(root))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(format!("root key {other:?}: this build has no AWS KMS support (feature aws-kms)").into()),
+    }
+}
+
+/// Whether the keystore's stored KEK material is AWS KMS ciphertext.
+fn wrapped_by_aws(store: &dyn KeyStore) -> Result<bool, Box<dyn std::error::Error>> {
+    Ok(store
+        .list_keys()?
+        .iter()
+        .flat_map(|k| k.versions.iter())
+        .find_map(|v| v.wrapped_material.as_deref())
+        .is_some_and(kms_sidecar::root_key::is_aws_blob))
+}
+
+/// Probes a remote root key every `interval`: keeps its grace period fresh while AWS
+/// answers, and drops every cached KEK (zeroized) as soon as it is no longer usable.
+async fn root_probe(kms: Arc<Kms>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_usable = true;
+    loop {
+        tick.tick().await;
+        let k = kms.clone();
+        let Ok(usable) = tokio::task::spawn_blocking(move || k.probe_root()).await else { continue };
+        match (&usable, was_usable) {
+            (Err(e), true) => tracing::error!(error = %e, "root key not usable"),
+            (Ok(()), false) => tracing::info!("root key usable again"),
+            _ => {}
+        }
+        was_usable = usable.is_ok();
     }
 }
 

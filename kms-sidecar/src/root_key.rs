@@ -46,6 +46,16 @@ pub enum RootKeyError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The stored material was wrapped by another kind of root key than the one configured.
+    #[error("wrong root key: {0}")]
+    WrongRoot(String),
+    /// The remote root of trust (AWS KMS) failed or refused; the message names the AWS
+    /// error code.
+    #[error("root key unavailable: {0}")]
+    Unavailable(String),
+    /// The root key's configuration is wrong.
+    #[error("root key configuration: {0}")]
+    Config(String),
     /// A stored KEK version did not unwrap: wrong root key, or the record was altered.
     #[error("key {name:?} version {version} does not unwrap under this root key")]
     UnwrapFailed {
@@ -165,4 +175,119 @@ impl LocalRootKey {
         .ok_or_else(|| RootKeyError::UnwrapFailed { name: name.into(), version })?;
         Ok(KeyMaterial::from_bytes(*key))
     }
+}
+
+/// The root of trust that wraps every KEK version (and the CA key) at rest: the local key
+/// file, or an AWS KMS key (crate feature `aws-kms`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RootKey {
+    /// [`LocalRootKey`]: a 32-byte key file in the data directory.
+    Local(LocalRootKey),
+    /// [`crate::aws_root::AwsRootKey`]: every KEK version wrapped by AWS KMS `Encrypt`.
+    #[cfg(feature = "aws-kms")]
+    Aws(crate::aws_root::AwsRootKey),
+}
+
+impl From<LocalRootKey> for RootKey {
+    fn from(k: LocalRootKey) -> Self {
+        RootKey::Local(k)
+    }
+}
+
+impl RootKey {
+    /// A short description for logs: the key file, or the AWS KMS key id.
+    pub fn describe(&self) -> String {
+        match self {
+            RootKey::Local(k) => format!("local:{}", k.path().display()),
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => format!("aws-kms:{}", k.key_id()),
+        }
+    }
+
+    /// Whether unwrapping leaves the process (a network call): such unwraps are never made
+    /// on an async worker ([`crate::kms::Kms::cache_only`] defers them).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, RootKey::Local(_))
+    }
+
+    /// `Err` once cached KEKs must no longer be used (a remote root unreachable for longer
+    /// than its grace period, or refusing us); always `Ok` for the local key.
+    pub fn usable(&self) -> Result<(), RootKeyError> {
+        match self {
+            RootKey::Local(_) => Ok(()),
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.usable(),
+        }
+    }
+
+    /// Asks a remote root of trust whether it still serves us (and records the answer for
+    /// [`RootKey::usable`]); nothing to ask for the local key.
+    pub fn probe(&self) -> Result<(), RootKeyError> {
+        match self {
+            RootKey::Local(_) => Ok(()),
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.check(),
+        }
+    }
+
+    /// Wraps version `version` of key `name` for storage.
+    pub fn wrap(&self, name: &str, version: u32, material: &KeyMaterial) -> Result<Vec<u8>, RootKeyError> {
+        match self {
+            RootKey::Local(k) => Ok(k.wrap(name, version, material)),
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.wrap(name, version, material),
+        }
+    }
+
+    /// Unwraps a stored KEK version.
+    pub fn unwrap(&self, name: &str, version: u32, blob: &[u8]) -> Result<KeyMaterial, RootKeyError> {
+        match self {
+            RootKey::Local(k) => {
+                if is_aws_blob(blob) {
+                    return Err(RootKeyError::WrongRoot(format!(
+                        "key {name:?} version {version} is wrapped by an AWS KMS root key; start with --root-key aws-kms:<key-id>"
+                    )));
+                }
+                k.unwrap(name, version, blob)
+            }
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.unwrap(name, version, blob),
+        }
+    }
+
+    /// Wraps a secret of any length (e.g. a CA's PKCS#8 key) stored under `purpose`.
+    pub fn wrap_secret(&self, purpose: &str, secret: &[u8]) -> Result<Vec<u8>, RootKeyError> {
+        match self {
+            RootKey::Local(k) => Ok(k.wrap_secret(purpose, secret)),
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.wrap_secret(purpose, secret),
+        }
+    }
+
+    /// Unwraps a secret from [`RootKey::wrap_secret`].
+    pub fn unwrap_secret(&self, purpose: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, RootKeyError> {
+        match self {
+            RootKey::Local(k) => {
+                if is_aws_blob(blob) {
+                    return Err(RootKeyError::WrongRoot(format!(
+                        "{purpose} is wrapped by an AWS KMS root key; start with --root-key aws-kms:<key-id>"
+                    )));
+                }
+                k.unwrap_secret(purpose, blob)
+            }
+            #[cfg(feature = "aws-kms")]
+            RootKey::Aws(k) => k.unwrap_secret(purpose, blob),
+        }
+    }
+}
+
+/// Prefix of every blob wrapped by an AWS KMS root key (the local root key's blobs never
+/// start with it: they start with a random nonce, and a collision only makes the local
+/// path refuse with a clear message instead of failing authentication).
+pub const AWS_BLOB_MAGIC: &[u8; 8] = b"KMSAWS1\0";
+
+/// Whether `blob` was wrapped by an AWS KMS root key.
+pub fn is_aws_blob(blob: &[u8]) -> bool {
+    blob.starts_with(AWS_BLOB_MAGIC)
 }

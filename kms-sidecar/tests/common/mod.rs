@@ -14,6 +14,11 @@ pub(crate) struct Sidecar {
 
 impl Sidecar {
     pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Sidecar::start`] with extra environment variables.
+    pub(crate) fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let socket = data_dir.join("kms.sock");
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kms-sidecar"))
@@ -21,6 +26,7 @@ impl Sidecar {
             .arg(data_dir)
             .args(["--max-request-bytes", "65536"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
