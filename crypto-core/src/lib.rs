@@ -13,6 +13,7 @@
 //! * [`keywrap`]: wrap a 32-byte key under another (used by the local provider and the
 //!   sidecar's root key).
 //! * [`provider`]: [`provider::KeyProvider`] with the local and multi providers.
+//! * `aws_kms` (crate feature `aws-kms`): an AWS KMS client and key provider.
 //! * [`cache`]: a bounded data-key cache with refresh-ahead.
 //! * [`pki`]: an internal certificate authority (issue, sign CSRs, revoke, CRLs, verify).
 //! * [`bulk`]: all-core sealing and opening, byte-identical to the sequential path.
