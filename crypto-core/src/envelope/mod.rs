@@ -44,7 +44,7 @@ pub use header::{
 };
 pub(crate) use message::Geometry;
 pub use message::MessageSealer;
-pub use stream::{DecryptingReader, EncryptingWriter, SeekableDecryptor};
+pub use stream::{DecryptingReader, EncryptingWriter, PushDecryptor, SeekableDecryptor};
 
 use crate::aead::{Backend, TAG_LEN};
 use crate::provider::{KeyProvider, ProviderError};
@@ -369,6 +369,14 @@ impl<P: KeyProvider> Envelope<P> {
         let header = Header::read_from(&mut inner)?;
         let keys = self.open_header(&header, context)?;
         DecryptingReader::new(inner, &header, keys)
+    }
+
+    /// A decryptor for a stream-form message whose `header` has been read (see
+    /// [`Header::parse`]); push the bytes after the header into it. Unwraps the data key
+    /// and checks the key commitment against `context` here, before any body byte.
+    pub fn push_decryptor(&self, header: &Header, context: &EncryptionContext) -> Result<PushDecryptor, EnvelopeError> {
+        let keys = self.open_header(header, context)?;
+        PushDecryptor::new(header, keys)
     }
 
     /// A random-access reader (`Read + Seek` over the plaintext). Checks the final segment

@@ -363,3 +363,113 @@ impl<R: Read + Seek> Drop for SeekableDecryptor<R> {
         self.plain.zeroize();
     }
 }
+
+/// Opens a stream-form message whose body is pushed in pieces of any size (for callers
+/// that cannot hand over a reader, such as the C API): [`PushDecryptor::update`] returns
+/// the plaintext of every segment that is complete and authenticated, and
+/// [`PushDecryptor::finish`] checks and returns the final segment.
+///
+/// Like [`DecryptingReader`], it never releases bytes of a segment before its tag has
+/// checked, holds at most one segment plus the piece being pushed, and after any error
+/// every further call fails. A message cut at a segment boundary fails at `finish` with
+/// [`EnvelopeError::Truncated`] or a segment authentication error, never as complete.
+/// Create it with [`super::Envelope::push_decryptor`] once the header has arrived.
+pub struct PushDecryptor {
+    keys: MessageKeys,
+    stride: usize,
+    raw: Vec<u8>,
+    index: u64,
+    done: bool,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for PushDecryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushDecryptor").field("segment_index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl PushDecryptor {
+    pub(crate) fn new(header: &Header, keys: MessageKeys) -> Result<Self, EnvelopeError> {
+        let Form::Stream { segment_size } = header.form() else {
+            return Err(EnvelopeError::Malformed("streaming needs the stream form"));
+        };
+        Ok(Self {
+            keys,
+            stride: segment_size as usize + TAG_LEN,
+            raw: Vec::new(),
+            index: 0,
+            done: false,
+            poisoned: false,
+        })
+    }
+
+    fn check(&self) -> Result<(), EnvelopeError> {
+        if self.poisoned {
+            return Err(EnvelopeError::Malformed("decryption already failed"));
+        }
+        if self.done {
+            return Err(EnvelopeError::TrailingData);
+        }
+        Ok(())
+    }
+
+    /// Opens segment `self.index` from the front of `raw` (`len` sealed bytes) into `out`.
+    fn open_front(&mut self, len: usize, last: bool, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        if self.index >= MAX_SEGMENTS {
+            return Err(EnvelopeError::TrailingData);
+        }
+        let start = out.len();
+        out.resize(start + len - TAG_LEN, 0);
+        let opened = self.keys.open_segment_checked(self.index as u32, last, &self.raw[..len], &mut out[start..]);
+        if let Err(e) = opened {
+            out[start..].zeroize();
+            out.truncate(start);
+            return Err(e);
+        }
+        self.raw.drain(..len);
+        self.index += 1;
+        Ok(())
+    }
+
+    fn fail(&mut self, e: EnvelopeError) -> EnvelopeError {
+        self.poisoned = true;
+        self.raw.zeroize();
+        self.raw.clear();
+        e
+    }
+
+    /// Takes the next piece of the body (the bytes after the header) and appends to `out`
+    /// the plaintext of every segment now known not to be the last one.
+    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        self.check()?;
+        self.raw.extend_from_slice(input);
+        // A full segment followed by at least one more byte is not the final segment.
+        while self.raw.len() > self.stride {
+            if let Err(e) = self.open_front(self.stride, false, out) {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the body: opens the final segment into `out`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        self.check()?;
+        if self.raw.len() < TAG_LEN {
+            return Err(self.fail(EnvelopeError::Truncated));
+        }
+        let len = self.raw.len();
+        if let Err(e) = self.open_front(len, true, out) {
+            return Err(self.fail(e));
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PushDecryptor {
+    fn drop(&mut self) {
+        self.raw.zeroize();
+    }
+}
