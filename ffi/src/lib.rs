@@ -89,6 +89,7 @@ impl From<EnvelopeError> for Error {
 
 fn provider_status(e: &ProviderError) -> cryptocore_status {
     match e {
+        ProviderError::Key(KeyError::InvalidName(_)) => CRYPTOCORE_INVALID_ARGUMENT,
         ProviderError::UnwrapFailed => CRYPTOCORE_AUTHENTICATION_FAILED,
         ProviderError::Unavailable(_) => CRYPTOCORE_UNAVAILABLE,
         ProviderError::Config(_) => CRYPTOCORE_INVALID_ARGUMENT,
