@@ -4,9 +4,10 @@
 # independent judge of the certificate authority's tests), and PostgreSQL on
 # 127.0.0.1:5432 (database `test`, trust auth; override with KMS_TEST_POSTGRES) for the
 # keystore tests. AWS KMS is tested against a local moto server that tests/moto.sh
-# installs from PyPI and starts on a loopback port (killed on exit). Under CI=true a
-# missing PostgreSQL, openssl or moto is a failure; elsewhere the affected tests say so
-# loudly and skip.
+# installs from PyPI and starts on a loopback port (killed on exit). The C API tests
+# need `cc`, `valgrind` and `pkg-config`. Under CI=true a missing PostgreSQL, openssl,
+# moto, C compiler, valgrind or pkg-config is a failure; elsewhere the affected tests say
+# so loudly and skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

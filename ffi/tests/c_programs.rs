@@ -193,3 +193,21 @@ fn python_ctypes_example() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("python example: ok"), "{stdout}");
 }
+
+#[test]
+fn pkg_config_file_points_at_the_header_and_the_library() {
+    if !tool_available("pkg-config", "the pkg-config file check") {
+        return;
+    }
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "cryptocore"])
+        .env("PKG_CONFIG_PATH", crate_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flags = String::from_utf8(out.stdout).unwrap();
+    let include = flags.split_whitespace().find_map(|f| f.strip_prefix("-I")).unwrap();
+    assert!(Path::new(include).join("cryptocore.h").exists(), "{flags}");
+    assert!(flags.contains("-lcryptocore") && flags.contains("target/release"), "{flags}");
+}
