@@ -40,7 +40,7 @@ fn overhead(c: &mut Criterion) {
         cryptocore_kv { key: c"table".as_ptr(), value: c"orders".as_ptr() },
     ];
     let sealed_c = {
-        let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0 };
+        let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0, capacity: 0 };
         // SAFETY: live handles, valid pointers and lengths.
         let status = unsafe {
             cryptocore::cryptocore_encrypt(
@@ -69,7 +69,7 @@ fn overhead(c: &mut Criterion) {
     });
     g.bench_function("encrypt/c-api", |b| {
         b.iter(|| {
-            let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0 };
+            let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0, capacity: 0 };
             // SAFETY: live handles, valid pointers and lengths; the buffer is freed once.
             unsafe {
                 let s = cryptocore::cryptocore_encrypt(
@@ -91,7 +91,7 @@ fn overhead(c: &mut Criterion) {
     });
     g.bench_function("decrypt/c-api", |b| {
         b.iter(|| {
-            let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0 };
+            let mut out = cryptocore_buffer { data: std::ptr::null_mut(), len: 0, capacity: 0 };
             // SAFETY: as above.
             unsafe {
                 let s =

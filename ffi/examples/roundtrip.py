@@ -16,7 +16,7 @@ OK, AUTHENTICATION_FAILED = 0, 3
 
 
 class Buffer(ctypes.Structure):
-    _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
+    _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t), ("capacity", ctypes.c_size_t)]
 
     def take(self):
         """The bytes, copied out; the library's copy is zeroized and freed."""

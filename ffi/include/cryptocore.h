@@ -63,12 +63,14 @@ typedef struct cryptocore_envelope cryptocore_envelope;
 typedef struct cryptocore_keyring cryptocore_keyring;
 
 // Bytes returned by the library. Free with [`cryptocore_buffer_free`] (which zeroizes
-// them first). `data` is NULL when `len` is 0.
+// them first). `data` is NULL when `len` is 0. Initialise with `{0}`.
 typedef struct cryptocore_buffer {
   // The bytes.
   uint8_t *data;
   // Their number.
   size_t len;
+  // The allocation's size, for [`cryptocore_buffer_free`]; do not change.
+  size_t capacity;
 } cryptocore_buffer;
 
 // One encryption-context pair: NUL-terminated UTF-8 strings.

@@ -213,7 +213,7 @@ unsafe fn write_out<T>(out: *mut T, value: T) {
 }
 
 /// Bytes returned by the library. Free with [`cryptocore_buffer_free`] (which zeroizes
-/// them first). `data` is NULL when `len` is 0.
+/// them first). `data` is NULL when `len` is 0. Initialise with `{0}`.
 #[repr(C)]
 #[derive(Debug)]
 pub struct cryptocore_buffer {
@@ -221,16 +221,18 @@ pub struct cryptocore_buffer {
     pub data: *mut u8,
     /// Their number.
     pub len: usize,
+    /// The allocation's size, for [`cryptocore_buffer_free`]; do not change.
+    pub capacity: usize,
 }
 
 impl cryptocore_buffer {
     fn from_vec(v: Vec<u8>) -> Self {
         if v.is_empty() {
-            return Self { data: std::ptr::null_mut(), len: 0 };
+            return Self { data: std::ptr::null_mut(), len: 0, capacity: 0 };
         }
-        let boxed = v.into_boxed_slice();
-        let len = boxed.len();
-        Self { data: Box::into_raw(boxed) as *mut u8, len }
+        // Handed over as it is (no shrinking copy); freed as a Vec of this capacity.
+        let mut v = std::mem::ManuallyDrop::new(v);
+        Self { data: v.as_mut_ptr(), len: v.len(), capacity: v.capacity() }
     }
 }
 
@@ -306,13 +308,14 @@ pub unsafe extern "C" fn cryptocore_buffer_free(buf: *mut cryptocore_buffer) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: not NULL; a buffer this library filled (contract).
         let b = unsafe { &mut *buf };
-        if !b.data.is_null() && b.len > 0 {
-            // SAFETY: `data`/`len` came from Box<[u8]>::into_raw in `from_vec`.
-            let mut boxed = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.data, b.len)) };
-            boxed.zeroize();
+        if !b.data.is_null() && b.capacity > 0 && b.len <= b.capacity {
+            // SAFETY: `data`, `len` and `capacity` are those of the Vec `from_vec` released.
+            let mut v = unsafe { Vec::from_raw_parts(b.data, b.len, b.capacity) };
+            v.zeroize();
         }
         b.data = std::ptr::null_mut();
         b.len = 0;
+        b.capacity = 0;
     }));
 }
 

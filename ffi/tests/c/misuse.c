@@ -4,7 +4,7 @@
 int main(void) {
   cryptocore_keyring *ring = NULL;
   cryptocore_envelope *env = NULL;
-  cryptocore_buffer out = {0}, sentinel = {(uint8_t *)0x1, 3};
+  cryptocore_buffer out = {0}, sentinel = {(uint8_t *)0x1, 3, 0};
   const cryptocore_kv ctx[] = {{"k", "v"}};
 
   EXPECT(cryptocore_keyring_new(NULL), CRYPTOCORE_NULL_ARGUMENT);
@@ -36,7 +36,7 @@ int main(void) {
 
   /* Zero lengths: an empty plaintext and an empty context are fine. */
   OK(cryptocore_encrypt(env, "k", NULL, 0, NULL, 0, &out));
-  cryptocore_buffer pt = {(uint8_t *)0x1, 1};
+  cryptocore_buffer pt = {(uint8_t *)0x1, 1, 0};
   OK(cryptocore_decrypt(env, NULL, 0, out.data, out.len, &pt));
   CHECK(pt.len == 0 && pt.data == NULL);
   EXPECT(cryptocore_decrypt(env, NULL, 0, NULL, 0, &sentinel), CRYPTOCORE_AUTHENTICATION_FAILED);

@@ -28,7 +28,7 @@ int main(int argc, char **argv) {
   cryptocore_buffer_free(&pt);
 
   /* Wrong context and tampering fail, and leave the output untouched. */
-  cryptocore_buffer sentinel = {(uint8_t *)0x1, 12345};
+  cryptocore_buffer sentinel = {(uint8_t *)0x1, 12345, 0};
   EXPECT(cryptocore_decrypt(env, other, 2, ct.data, ct.len, &sentinel), CRYPTOCORE_AUTHENTICATION_FAILED);
   CHECK(sentinel.data == (uint8_t *)0x1 && sentinel.len == 12345);
   CHECK(strlen(cryptocore_last_error()) > 0);

@@ -12,7 +12,7 @@ int main(int argc, char **argv) {
   if (!env) return finish("sidecar");
   const cryptocore_kv ctx[] = {{"tenant", "a"}};
   const char *msg = "through the sidecar";
-  cryptocore_buffer ct = {0}, pt = {0}, sentinel = {(uint8_t *)0x1, 1};
+  cryptocore_buffer ct = {0}, pt = {0}, sentinel = {(uint8_t *)0x1, 1, 0};
   for (int i = 0; i < 20; i++) { /* data keys cached between messages */
     OK(cryptocore_encrypt(env, key, ctx, 1, (const uint8_t *)msg, strlen(msg), &ct));
     OK(cryptocore_decrypt(env, ctx, 1, ct.data, ct.len, &pt));

@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
   CHECK(ct_bytes > total);
 
   /* After finish: INVALID_STATE. */
-  cryptocore_buffer sentinel = {(uint8_t *)0x1, 7};
+  cryptocore_buffer sentinel = {(uint8_t *)0x1, 7, 0};
   EXPECT(cryptocore_encryptor_update(enc, chunk, 1, &sentinel), CRYPTOCORE_INVALID_STATE);
   EXPECT(cryptocore_encryptor_finish(enc, &sentinel), CRYPTOCORE_INVALID_STATE);
   EXPECT(cryptocore_decryptor_update(dec, chunk, 1, &sentinel), CRYPTOCORE_INVALID_STATE);
