@@ -85,6 +85,9 @@ pub const MAX_PLAINTEXT_LEN: usize = 4096;
 pub const MAX_CIPHERTEXT_LEN: usize = 6144;
 /// The longest key id, ARN or alias AWS KMS accepts, in bytes.
 pub const MAX_KEY_ID_LEN: usize = 2048;
+/// The longest timeout or back-off [`AwsKmsConfig::validate`] accepts: 1 hour (longer ones
+/// are mistakes, and time arithmetic on them could overflow).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Extra time the synchronous facade waits beyond the operation timeout before it gives
 /// up on the runtime itself (which only happens if the runtime is wedged).
@@ -285,6 +288,17 @@ impl AwsKmsConfig {
         ] {
             if d.is_zero() {
                 return bad(format!("{name} must be positive"));
+            }
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("attempt_timeout", self.attempt_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("initial_backoff", self.initial_backoff),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if d > MAX_TIMEOUT {
+                return bad(format!("{name} must not exceed {} s", MAX_TIMEOUT.as_secs()));
             }
         }
         if self.initial_backoff > self.max_backoff {
@@ -721,7 +735,7 @@ where
     };
     let (tx, rx) = mpsc::sync_channel(1);
     rt.spawn(async move {
-        let out = match tokio::time::timeout(timeout + FACADE_GRACE / 2, fut).await {
+        let out = match tokio::time::timeout(timeout.saturating_add(FACADE_GRACE / 2), fut).await {
             Ok(out) => out,
             Err(_) => Err(AwsKmsError::Unavailable {
                 operation,
@@ -731,7 +745,7 @@ where
         // The receiver may have given up already; nothing to do then.
         let _ = tx.send(out);
     });
-    match rx.recv_timeout(timeout + FACADE_GRACE) {
+    match rx.recv_timeout(timeout.saturating_add(FACADE_GRACE)) {
         Ok(out) => out,
         Err(mpsc::RecvTimeoutError::Timeout) => {
             Err(unavailable(format!("no answer within the operation timeout ({timeout:?})")))

@@ -552,6 +552,10 @@ mod aws {
             ok().with_endpoint_url("https://user:pass@kms.example/"),
             ok().with_max_attempts(0),
             ok().with_operation_timeout(Duration::ZERO),
+            // Absurd limits are refused, not a panic on overflowing time arithmetic.
+            ok().with_operation_timeout(Duration::MAX),
+            ok().with_attempt_timeout(Duration::MAX),
+            ok().with_connect_timeout(MAX_TIMEOUT + Duration::from_secs(1)),
             ok().with_credentials(AwsCredentials::new("", "x")),
         ] {
             let e = AwsKmsClient::new(bad.clone()).unwrap_err();
@@ -563,6 +567,9 @@ mod aws {
         let mut cfg = ok();
         cfg.initial_backoff = Duration::from_secs(10);
         assert!(cfg.validate().is_err());
+        cfg.max_backoff = Duration::MAX;
+        assert!(cfg.validate().is_err());
+        assert!(ok().with_operation_timeout(MAX_TIMEOUT).validate().is_ok());
         assert!(AwsKmsProvider::new(AwsKmsClient::new(ok()).unwrap()).with_id("bad id").is_err());
         assert!(AwsKmsProvider::routed().with_key("a//b", AwsKmsClient::new(ok()).unwrap()).is_err());
     }

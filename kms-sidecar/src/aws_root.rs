@@ -116,8 +116,17 @@ impl AwsRootKey {
                 health.refused = None;
             }
             // Unreachable: the grace period runs on. A rejected blob is about that blob,
-            // not the key.
-            Err(e) if e.is_unavailable() || e.is_ciphertext_rejected() => {}
+            // not the key; a request refused before it was sent (a stored blob of a
+            // size AWS never makes) or an answer AWS should not have given says nothing
+            // about the key's owner either. Only AWS's own refusal fails closed at once:
+            // one damaged keystore row must not cut every key off.
+            Err(e)
+                if e.is_unavailable()
+                    || e.is_ciphertext_rejected()
+                    || matches!(
+                        e,
+                        AwsKmsError::InvalidInput(_) | AwsKmsError::InvalidResponse { .. } | AwsKmsError::Config(_)
+                    ) => {}
             Err(e) => {
                 if health.refused.is_none() {
                     tracing::error!(error = %e, "AWS KMS refuses the root key; failing closed");
@@ -169,7 +178,7 @@ impl AwsRootKey {
         let result = self.client.decrypt(blob, context);
         self.record(&result);
         result.map_err(|e| {
-            if e.is_ciphertext_rejected() {
+            if e.is_ciphertext_rejected() || matches!(e, AwsKmsError::InvalidInput(_)) {
                 RootKeyError::WrongRoot(format!("{what} does not unwrap under AWS KMS key {}: {e}", self.key_id()))
             } else {
                 unavailable(&e)

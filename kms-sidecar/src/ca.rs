@@ -143,6 +143,12 @@ impl Kms {
 
     /// The CA, loaded from the store (and its key unwrapped) once.
     fn load_ca(&self) -> Result<Arc<CertificateAuthority>, KmsError> {
+        // A remote root key past its grace period (or refusing us) ends the use of the
+        // cached CA key as it ends that of cached KEKs: fail closed.
+        if let Err(e) = self.root().usable() {
+            self.forget_all_keks();
+            return Err(KmsError::Unavailable(format!("root key: {e}")));
+        }
         if let Some(ca) = self.ca.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(ca.clone());
         }

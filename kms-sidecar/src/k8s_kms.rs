@@ -56,13 +56,17 @@ pub fn key_id(name: &str, created_at: i64, version: u32) -> String {
     format!("{name}:{created_at}:v{version}")
 }
 
-/// Parses a key id into (name, key creation time, version).
+/// Parses a key id (untrusted: kube-apiserver passes back what it stored in etcd) into
+/// (name, key creation time, version). Only the canonical form [`key_id`] writes is
+/// accepted (a valid key name, no sign or leading zeros), so one key version has exactly
+/// one key id: `parse_key_id(s) == Some((n, c, v))` implies `key_id(n, c, v) == s`.
 pub fn parse_key_id(id: &str) -> Option<(&str, i64, u32)> {
     let mut parts = id.splitn(3, ':');
-    let name = parts.next().filter(|n| !n.is_empty())?;
+    let name = parts.next().filter(|n| crypto_core::keys::validate_key_name(n).is_ok())?;
     let created = parts.next()?.parse().ok()?;
     let version = parts.next()?.strip_prefix('v')?.parse().ok().filter(|&v| v > 0)?;
-    Some((name, created, version))
+    // `parse` also takes "+5", "007" and "-0": refuse every spelling but the canonical one.
+    (key_id(name, created, version) == id).then_some((name, created, version))
 }
 
 fn context() -> BTreeMap<String, String> {
@@ -100,7 +104,12 @@ impl K8sKmsService {
 #[tonic::async_trait]
 impl pb::key_management_service_server::KeyManagementService for K8sKmsService {
     async fn status(&self, r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let call = self.sec.begin(&r, "K8sStatus").await?;
+        let mut call = self.sec.begin(&r, "K8sStatus").await?;
+        // Status reveals the key's name, incarnation and version and makes a keystore read
+        // and a root-key unwrap: like DescribeKey, for callers with some grant on the key.
+        if let Err(s) = call.authorize_key_read(&self.key) {
+            return call.finish(Err(s)).await;
+        }
         let key = self.key.clone();
         let checked = self.inner.run(&call, move |k| k.check_key_health(&key)).await;
         let (healthz, key_id) = match checked {
@@ -211,8 +220,10 @@ impl pb::key_management_service_server::KeyManagementService for K8sKmsService {
     }
 }
 
-/// Decrypt accepts exactly the annotations Encrypt writes.
-fn check_annotations(annotations: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
+/// Decrypt accepts exactly the annotations Encrypt writes: [`FORMAT_ANNOTATION`] with the
+/// value [`FORMAT_V1`], and nothing else (untrusted input: kube-apiserver passes back what
+/// it stored in etcd).
+pub fn check_annotations(annotations: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
     for (k, v) in annotations {
         if k != FORMAT_ANNOTATION {
             return Err(Status::invalid_argument(format!(
@@ -241,7 +252,24 @@ mod tests {
         let id = key_id("k8s/secrets", 1_800_000_000, 7);
         assert_eq!(id, "k8s/secrets:1800000000:v7");
         assert_eq!(parse_key_id(&id), Some(("k8s/secrets", 1_800_000_000, 7)));
+        assert_eq!(parse_key_id("k:-5:v1"), Some(("k", -5, 1)));
+        assert_eq!(parse_key_id("k:0:v4294967295"), Some(("k", 0, u32::MAX)));
         for bad in ["", "k", "k:1", "k:1:7", "k:x:v1", "k:1:v0", "k:1:v", ":1:v1", "k:1:v1:x", "k:1:v99999999999"] {
+            assert_eq!(parse_key_id(bad), None, "{bad:?}");
+        }
+        // Other spellings of a valid id, and names no key can have.
+        for bad in [
+            "k:+1:v1",
+            "k:01:v1",
+            "k:-0:v1",
+            "k:1:v+1",
+            "k:1:v01",
+            "k: 1:v1",
+            "k:1:v1 ",
+            "a b:1:v1",
+            "a//b:1:v1",
+            "../k:1:v1",
+        ] {
             assert_eq!(parse_key_id(bad), None, "{bad:?}");
         }
     }

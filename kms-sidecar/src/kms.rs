@@ -469,11 +469,14 @@ impl Kms {
         record
     }
 
-    /// Drops every cached KEK (zeroized on drop).
+    /// Drops every cached KEK (zeroized on drop) and the cached CA, whose private key was
+    /// unwrapped by the root key too: it is unwrapped again on next use.
     pub fn forget_all_keks(&self) {
         let mut keks = self.keks.lock().unwrap_or_else(|p| p.into_inner());
         let capacity = keks.capacity;
         *keks = KekCache { capacity, ..KekCache::default() };
+        drop(keks);
+        *self.ca.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn forget_destroyed_keks(&self, record: &KeyRecord) {

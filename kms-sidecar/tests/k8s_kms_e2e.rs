@@ -51,12 +51,13 @@ async fn decrypt(c: &mut Client, e: &pb::EncryptResponse) -> Result<Vec<u8>, ton
     .map(|r| r.into_inner().plaintext)
 }
 
-/// The Kms (on SQLite in `dir`, with `clock`), the gate (owner-only policy, audit log in
-/// `dir`) and the plugin served on `dir/k8s.sock` by a task of `rt`.
+/// The Kms (on SQLite in `dir`, with `clock`), the gate (`policy_path`, or owner-only;
+/// audit log in `dir`) and the plugin served on `dir/k8s.sock` by a task of `rt`.
 fn serve_in_process(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     clock: Arc<ManualClock>,
+    policy_path: Option<std::path::PathBuf>,
 ) -> (Arc<Kms>, std::path::PathBuf) {
     let store = Arc::new(SqliteStore::open(dir.join("keystore.db")).unwrap());
     let root = LocalRootKey::load_or_create(dir.join("root.key"), true).unwrap();
@@ -70,7 +71,7 @@ fn serve_in_process(
         .unwrap(),
     );
     let options = SecurityOptions {
-        policy_path: None,
+        policy_path,
         rate_limit: 0.0,
         rate_burst: 0.0,
         max_concurrent_requests: 64,
@@ -99,7 +100,7 @@ fn key_ids_follow_rotation_old_ones_decrypt_until_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let clock = Arc::new(ManualClock::new(Duration::from_secs(1_800_000_000)));
-    let (kms, socket) = serve_in_process(&rt, dir.path(), clock.clone());
+    let (kms, socket) = serve_in_process(&rt, dir.path(), clock.clone(), None);
     let created = kms.describe_key(KEY).unwrap().created_at;
     rt.block_on(async {
         let mut c = client(&socket).await;
@@ -197,6 +198,43 @@ fn key_ids_follow_rotation_old_ones_decrypt_until_destroyed() {
     let k = kms.describe_key(KEY).unwrap();
     assert_eq!(k.versions.len(), 4);
     assert!(k.versions.iter().all(|v| v.wrapped_material.is_none() && v.destroyed_at.is_some()));
+}
+
+#[test]
+fn every_plugin_call_needs_a_grant_on_the_backing_key_and_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only another user may use the key; this test's user has no grant at all.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[roles.apiserver]\ngrants = [{ operations = [\"encrypt\", \"decrypt\"], keys = [\"k8s/**\"] }]\n\
+         [[bindings]]\nprincipals = [\"unix:uid=4242\"]\nroles = [\"apiserver\"]\n",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let clock = Arc::new(ManualClock::new(Duration::from_secs(1_800_000_000)));
+    let (kms, socket) = serve_in_process(&rt, dir.path(), clock, Some(policy));
+    let created = kms.describe_key(KEY).unwrap().created_at;
+    rt.block_on(async {
+        let mut c = client(&socket).await;
+        // Status names the key, its incarnation and version: not for callers without a grant.
+        let err = c.status(pb::StatusRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        let err = c.encrypt(pb::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        let request = pb::DecryptRequest {
+            ciphertext: vec![0; 64],
+            uid: "u".into(),
+            key_id: format!("{KEY}:{created}:v1"),
+            annotations: HashMap::from([(FORMAT_ANNOTATION.to_owned(), b"v1".to_vec())]),
+        };
+        assert_eq!(c.decrypt(request).await.unwrap_err().code(), Code::PermissionDenied);
+    });
+    let audit = std::fs::read_to_string(dir.path().join("audit").join("audit.log")).unwrap();
+    for op in ["K8sStatus", "K8sEncrypt", "K8sDecrypt"] {
+        let denied = audit.lines().any(|l| l.contains(op) && l.contains("PERMISSION_DENIED"));
+        assert!(denied, "{op}: no PERMISSION_DENIED record in\n{audit}");
+    }
 }
 
 #[test]

@@ -683,8 +683,12 @@ enum Rewrapped {
 
 /// Rewraps one file in place.
 fn rewrap_file(provider: &SidecarProvider, path: &Path) -> Result<Rewrapped> {
+    use std::io::{Seek, SeekFrom};
     let mut file = File::open(path)?;
     let before = file.metadata()?;
+    // `walk` does not follow symbolic links; a path replaced by one (or by anything else)
+    // since is refused: the file opened must be the regular file the path names.
+    same_file_at(path, &before)?;
     let mut head = Vec::new();
     (&mut file).take(70 * 1024).read_to_end(&mut head)?;
     if !head.starts_with(&crypto_core::envelope::MAGIC) {
@@ -701,25 +705,72 @@ fn rewrap_file(provider: &SidecarProvider, path: &Path) -> Result<Rewrapped> {
     if new.iter().zip(old).all(|(n, o)| n.key_version == o.key_version) {
         return Ok(Rewrapped::Current);
     }
+    file.seek(SeekFrom::Start(0))?;
+    replace_wrapped_keys(file, &before, path, old, new)?;
+    Ok(Rewrapped::Done)
+}
+
+/// Fails unless `path` names, without following a symbolic link, the file `opened` is the
+/// metadata of.
+fn same_file_at(path: &Path, opened: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let named = fs::symlink_metadata(path)?;
+    if !opened.is_file() || !named.is_file() || (named.dev(), named.ino()) != (opened.dev(), opened.ino()) {
+        return Err("not a regular file, or replaced while it was opened; left as it is".into());
+    }
+    Ok(())
+}
+
+/// Rewrites the envelope `file` (open on `path`, read from its start, with metadata
+/// `before`) with the wrapped keys `new` in place of `old` (body unchanged) through a
+/// temporary file renamed over `path`, keeping the original's owner and permissions.
+/// Refused, and nothing changed, when the file no longer holds `old` (rewritten since its
+/// header was read: `new` would pair another message's data key with this body) or was
+/// changed or replaced during the copy.
+fn replace_wrapped_keys(
+    file: File,
+    before: &fs::Metadata,
+    path: &Path,
+    old: &[crypto_core::provider::WrappedKey],
+    new: Vec<crypto_core::provider::WrappedKey>,
+) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let changed = || -> Box<dyn std::error::Error> { "the file changed during the rewrap; left as it was".into() };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).ok_or("file name is not UTF-8")?;
     let tmp = dir.join(format!(".{name}{REWRAP_PARTIAL}{}.partial", std::process::id()));
     let result = (|| -> Result<()> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        // Same permissions as the original (the owner stays whoever runs kmsctl).
+        // The same owner as the original: a file rewritten by root must stay readable by the
+        // application that owns it. Before the mode, which a change of owner may clear bits of.
+        let made = out.metadata()?;
+        if (made.uid(), made.gid()) != (before.uid(), before.gid()) {
+            std::os::unix::fs::fchown(&out, Some(before.uid()), Some(before.gid())).map_err(|e| {
+                format!(
+                    "cannot give the new file the original's owner {}:{} ({e}); run as that user or as root",
+                    before.uid(),
+                    before.gid()
+                )
+            })?;
+        }
         out.set_permissions(fs::Permissions::from_mode(before.mode() & 0o7777))?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
-        let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-        rewrap_stream_with(reader, &mut w, |_| Ok(new))?;
+        let mut same_header = true;
+        let copied = rewrap_stream_with(BufReader::with_capacity(1 << 20, file), &mut w, |read| {
+            same_header = read == old;
+            if same_header { Ok(new) } else { Err(crypto_core::provider::ProviderError::UnwrapFailed) }
+        });
+        if !same_header {
+            return Err(changed());
+        }
+        copied?;
         let out = w.into_inner().map_err(|e| e.into_error())?;
         out.sync_all()?;
         // Refuse to replace a file that changed while it was being copied.
-        let now = fs::metadata(path)?;
-        if (now.len(), now.mtime(), now.mtime_nsec(), now.ino())
-            != (before.len(), before.mtime(), before.mtime_nsec(), before.ino())
-        {
-            return Err("the file changed during the rewrap; left as it was".into());
+        same_file_at(path, before).map_err(|_| changed())?;
+        let now = fs::symlink_metadata(path)?;
+        if (now.len(), now.mtime(), now.mtime_nsec()) != (before.len(), before.mtime(), before.mtime_nsec()) {
+            return Err(changed());
         }
         fs::rename(&tmp, path)?;
         Ok(())
@@ -727,7 +778,7 @@ fn rewrap_file(provider: &SidecarProvider, path: &Path) -> Result<Rewrapped> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| Rewrapped::Done)
+    result
 }
 
 /// `rewrap --recursive`: every regular file under `dir`, one at a time, with a progress bar
@@ -1156,5 +1207,104 @@ fn main() -> ExitCode {
             eprintln!("kmsctl: {}", e.to_string().replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::Arc;
+
+    use crypto_core::envelope::{EncryptionContext, Envelope, Header};
+    use crypto_core::keys::Keyring;
+    use crypto_core::provider::{KeyProvider, LocalProvider};
+
+    use super::*;
+
+    /// Two envelopes of equal length under one key (as an application rewriting a file in
+    /// place would leave), and the wrapped keys of the second under a newer version.
+    fn two_envelopes() -> (Vec<u8>, Vec<u8>, Vec<crypto_core::provider::WrappedKey>) {
+        let keyring = Arc::new(Keyring::in_memory());
+        keyring.create_key("t/files").unwrap();
+        let envelope = Envelope::new(LocalProvider::new(keyring.clone()));
+        let ctx = EncryptionContext::new();
+        let a = envelope.seal("t/files", &ctx, b"message a").unwrap();
+        let b = envelope.seal("t/files", &ctx, b"message b").unwrap();
+        let provider = LocalProvider::new(keyring.clone());
+        let data_key = provider.unwrap(Header::parse(&b).unwrap().0.wrapped_keys()).unwrap();
+        keyring.rotate("t/files").unwrap();
+        let rewrapped = provider.wrap("t/files", &data_key).unwrap();
+        assert_eq!(a.len(), b.len());
+        (a, b, rewrapped)
+    }
+
+    fn open(path: &Path) -> (File, fs::Metadata) {
+        let file = File::open(path).unwrap();
+        let meta = file.metadata().unwrap();
+        (file, meta)
+    }
+
+    #[test]
+    fn header_is_replaced_only_when_the_file_still_holds_the_rewrapped_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.cce");
+        let (a, b, b_rewrapped) = two_envelopes();
+        let b_old = Header::parse(&b).unwrap().0.wrapped_keys().to_vec();
+
+        // The header read was b's, but the file now holds a (rewritten in place, same size,
+        // possibly within one timestamp tick): refused, the file left as it is.
+        fs::write(&path, &a).unwrap();
+        let (file, before) = open(&path);
+        let err = replace_wrapped_keys(file, &before, &path, &b_old, b_rewrapped.clone()).unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), a);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no partial file left");
+
+        // The file still holds b: its header gets the new keys, the body is unchanged.
+        fs::write(&path, &b).unwrap();
+        let (file, before) = open(&path);
+        replace_wrapped_keys(file, &before, &path, &b_old, b_rewrapped.clone()).unwrap();
+        let after = fs::read(&path).unwrap();
+        let (header, len) = Header::parse(&after).unwrap();
+        assert_eq!(header.wrapped_keys(), b_rewrapped.as_slice());
+        assert_eq!(after[len..], b[Header::parse(&b).unwrap().1..]);
+    }
+
+    #[test]
+    fn a_rewrapped_file_keeps_its_owner_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.cce");
+        let (_, b, b_rewrapped) = two_envelopes();
+        let b_old = Header::parse(&b).unwrap().0.wrapped_keys().to_vec();
+        fs::write(&path, &b).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let running_as_root = fs::metadata(&path).unwrap().uid() == 0;
+        if running_as_root {
+            // An application's file, rewrapped by root.
+            std::os::unix::fs::chown(&path, Some(4242), Some(4343)).unwrap();
+        } else {
+            eprintln!("not root: only checking that the owner stays the runner's");
+        }
+        let expected = fs::metadata(&path).unwrap();
+        let (file, before) = open(&path);
+        replace_wrapped_keys(file, &before, &path, &b_old, b_rewrapped).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        assert_ne!(after.ino(), expected.ino(), "replaced by a new file");
+        assert_eq!((after.uid(), after.gid()), (expected.uid(), expected.gid()));
+        assert_eq!(after.mode() & 0o7777, 0o640);
+    }
+
+    #[test]
+    fn a_path_replaced_by_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, elsewhere) = (dir.path().join("f.cce"), dir.path().join("elsewhere.cce"));
+        let (_, b, _) = two_envelopes();
+        fs::write(&elsewhere, &b).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        // Opened through the link (as a path swapped after the walk would be): refused.
+        let (_, opened) = open(&path);
+        assert!(same_file_at(&path, &opened).is_err());
+        assert!(same_file_at(&elsewhere, &opened).is_ok());
     }
 }
