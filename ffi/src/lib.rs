@@ -344,6 +344,17 @@ fn boxed<T>(value: T) -> *mut T {
     Box::into_raw(Box::new(value))
 }
 
+/// Frees a handle made by [`boxed`], behind the panic boundary; NULL is a no-op.
+///
+/// # Safety
+/// `p` is NULL or came from [`boxed`] and is not used afterwards.
+unsafe fn free_handle<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: made by Box::into_raw in `boxed`; freed once (caller's contract).
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(p) })));
+    }
+}
+
 /// A new, empty keyring held in memory.
 ///
 /// # Safety
@@ -453,10 +464,8 @@ pub unsafe extern "C" fn cryptocore_keyring_rotate_key(
 /// `keyring` is NULL or a live keyring, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cryptocore_keyring_free(keyring: *mut cryptocore_keyring) {
-    if !keyring.is_null() {
-        // SAFETY: made by Box::into_raw here; freed once (contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(keyring) })));
-    }
+    // SAFETY: NULL or a live handle of this library, freed once (caller's contract).
+    unsafe { free_handle(keyring) }
 }
 
 // ---- envelope -----------------------------------------------------------------------------
@@ -615,10 +624,8 @@ pub unsafe extern "C" fn cryptocore_envelope_from_sidecar(
 /// decryptor still running).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cryptocore_envelope_free(envelope: *mut cryptocore_envelope) {
-    if !envelope.is_null() {
-        // SAFETY: made by Box::into_raw here; freed once (contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(envelope) })));
-    }
+    // SAFETY: NULL or a live handle of this library, freed once (caller's contract).
+    unsafe { free_handle(envelope) }
 }
 
 /// Seals `plaintext` under the primary version of `key_name`, bound to the encryption
@@ -913,10 +920,8 @@ pub unsafe extern "C" fn cryptocore_encryptor_finish(
 /// NULL or a live encryptor, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cryptocore_encryptor_free(encryptor: *mut cryptocore_encryptor) {
-    if !encryptor.is_null() {
-        // SAFETY: made by Box::into_raw here; freed once (contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(encryptor) })));
-    }
+    // SAFETY: NULL or a live handle of this library, freed once (caller's contract).
+    unsafe { free_handle(encryptor) }
 }
 
 enum DecState {
@@ -1057,10 +1062,8 @@ pub unsafe extern "C" fn cryptocore_decryptor_finish(
 /// NULL or a live decryptor, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cryptocore_decryptor_free(decryptor: *mut cryptocore_decryptor) {
-    if !decryptor.is_null() {
-        // SAFETY: made by Box::into_raw here; freed once (contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(decryptor) })));
-    }
+    // SAFETY: NULL or a live handle of this library, freed once (caller's contract).
+    unsafe { free_handle(decryptor) }
 }
 
 // ---- hazmat -------------------------------------------------------------------------------
