@@ -24,8 +24,9 @@ mkdir -p target
 if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '$moto_version')" 2>/dev/null ||
   [ ! -x "$venv/bin/moto_server" ]; then
   say "installing moto[server]==$moto_version into $venv"
-  [ -x "$py" ] || python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version" >&2
+  . tests/venv.sh
+  make_venv "$venv"
+  "$py" -m pip install --quiet --disable-pip-version-check "moto[server]==$moto_version" >&2
 fi
 
 # A free port: bind port 0, read the number, release it (moto binds it right after).
