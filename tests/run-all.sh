@@ -5,13 +5,15 @@
 # 127.0.0.1:5432 (database `test`, trust auth; override with KMS_TEST_POSTGRES) for the
 # keystore tests. AWS KMS is tested against a local moto server that tests/moto.sh
 # installs from PyPI and starts on a loopback port (killed on exit). The C API tests
-# need `cc`, `valgrind` and `pkg-config`. Under CI=true a missing PostgreSQL, openssl,
+# need `cc`, `valgrind` and `pkg-config` (and `c++` for the C++ header check; `go`, which
+# the script installs from Debian when it can, for the optional cgo example). Under CI=true a missing PostgreSQL, openssl,
 # moto, C compiler, valgrind or pkg-config is a failure; elsewhere the affected tests say
 # so loudly and skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+. tests/venv.sh # make_venv: a Python venv with a working pip, or a diagnosis
 
 step "format"
 cargo fmt --all --check
@@ -24,24 +26,38 @@ moto_env="$(bash tests/moto.sh)" # a failed start stops the run here (set -e)
 eval "$moto_env"
 trap 'kill "$KMS_TEST_MOTO_PID" 2>/dev/null || true' EXIT
 
+step "Go toolchain for the C API's cgo example (optional: Debian golang-go, best effort)"
+if command -v go >/dev/null; then
+  go version
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+  && timeout 300 apt-get install -y -q golang-go >/dev/null 2>&1; then
+  go version
+else
+  echo "*** no Go toolchain and it could not be installed: the Go example test will say SKIPPED ***"
+fi
+
 step "tests (unit, integration, doc, examples; all features)"
 cargo test --workspace --all-features
 
+# The steps below select the whole workspace with all features, like the test build, so
+# cargo reuses its artifacts instead of rebuilding dependencies with other feature sets.
+target_dir="${CARGO_TARGET_DIR:-target}"
+
 step "benchmarks compile and run once in test mode"
-cargo test -q -p cryptocore-benches --benches --all-features
+cargo test -q --workspace --benches --all-features
 
 step "sidecar load generator: short smoke run (real sidecar + echo server, debug build; figures in benches/RESULTS.md come from release builds)"
-cargo build -q -p kms-sidecar --bin kms-sidecar --all-features
-cargo run -q -p cryptocore-benches --all-features --bin kms-load -- --concurrency 1,8 --seconds 0.5 --warmup 0.2 >/dev/null
+cargo build -q --workspace --all-features --bins --examples
+"$target_dir/debug/kms-load" --concurrency 1,8 --seconds 0.5 --warmup 0.2 >/dev/null
 
 step "library demo: filecrypt (the README main job is the sidecar; it is exercised by the kms-sidecar tests)"
-cargo run -q -p crypto-core --all-features --example filecrypt -- demo
+"$target_dir/debug/examples/filecrypt" demo
 
 step "independent Python decryptor (docs/reference) against the published vectors"
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   venv=target/py-venv
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet cryptography
+  make_venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check cryptography
   py="$venv/bin/python"
 else
   py=python3
@@ -51,8 +67,8 @@ fi
 step "deploy/: manifests parse, and their settings and policy operations exist in the code"
 if ! "$py" -c 'import yaml' 2>/dev/null; then
   venv=target/py-venv
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet pyyaml
+  make_venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pyyaml
   py="$venv/bin/python"
 fi
 "$py" deploy/check.py | tail -n 1

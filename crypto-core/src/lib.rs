@@ -35,6 +35,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![cfg_attr(not(feature = "gpu"), forbid(unsafe_code))]
+
 mod aead;
 #[cfg(feature = "aws-kms")]
 pub mod aws_kms;

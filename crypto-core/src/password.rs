@@ -184,6 +184,27 @@ fn parse(stored: &str) -> Result<(PasswordHash<'_>, PasswordParams), PasswordErr
     if hash.version != Some(0x13) {
         return Err(PasswordError::BadHash("only argon2 version 19".into()));
     }
+    // Bound the costs before argon2 sees them: its parameter constructor computes
+    // `p * 8`, which overflows (a panic where overflow checks are on) for p >= 2^29, and a
+    // parameter given twice has no defined meaning. Found by the `password_phc` fuzz target.
+    let mut seen: Vec<&str> = Vec::with_capacity(4);
+    for (ident, value) in hash.params.iter() {
+        let name = ident.as_str();
+        if seen.contains(&name) {
+            return Err(PasswordError::BadHash(format!("parameter {name} given twice")));
+        }
+        seen.push(name);
+        let limit = match name {
+            "m" => MAX_MEMORY_KIB,
+            "t" => MAX_ITERATIONS,
+            "p" => MAX_LANES,
+            _ => continue,
+        };
+        let v = value.decimal().map_err(|e| PasswordError::BadHash(format!("parameter {name}: {e}")))?;
+        if v > limit {
+            return Err(PasswordError::BadParameters(format!("{name}={v} exceeds {limit}")));
+        }
+    }
     let params = Params::try_from(&hash).map_err(|e| PasswordError::BadHash(e.to_string()))?;
     let params = PasswordParams { memory_kib: params.m_cost(), iterations: params.t_cost(), lanes: params.p_cost() };
     match (&hash.salt, &hash.hash) {
@@ -253,6 +274,11 @@ mod tests {
             "$argon2id$v=19$m=64,t=1000,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
             "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ",
             "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$AAAA",
+            // Found by fuzzing: a huge lane count overflowed argon2's `p * 8` (a panic with
+            // overflow checks), and parameters given twice.
+            "$argon2id$v=19$m=64,t=1,p=41,p=4,t=8,p=2882428284,t=8,t=8$VVVVVV2$MmcJHAp8Arh8ArZWbWZrb2Gb",
+            "$argon2id$v=19$m=64,t=1,p=2882428284$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
+            "$argon2id$v=19$m=64,t=1,p=1,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
         ] {
             assert!(h.verify(bad, b"password").is_err(), "{bad:?}");
             assert!(h.needs_rehash(bad).is_err(), "{bad:?}");

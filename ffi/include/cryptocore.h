@@ -73,7 +73,21 @@ typedef struct cryptocore_buffer {
   size_t capacity;
 } cryptocore_buffer;
 
-// One encryption-context pair: NUL-terminated UTF-8 strings.
+// One member of a multi-keyring envelope ([`cryptocore_envelope_from_keyrings`]).
+typedef struct cryptocore_keyring_member {
+  // The keyring (the envelope keeps its own reference).
+  const struct cryptocore_keyring *keyring;
+  // The provider id written into ciphertext headers for this member's wrapped copy:
+  // printable ASCII, 1 to 64 bytes, distinct per member (e.g. `"local"`, `"local-dr"`).
+  const char *provider_id;
+  // NULL: wrap under the key name the caller seals with. Otherwise always wrap under
+  // this key of the member's keyring (one recovery key for all data).
+  const char *fixed_key_name;
+} cryptocore_keyring_member;
+
+// One encryption-context pair: NUL-terminated UTF-8 strings. In a context array the keys
+// are non-empty and distinct (a key given twice is `CRYPTOCORE_INVALID_ARGUMENT`); their
+// order does not matter.
 typedef struct cryptocore_kv {
   // The key.
   const char *key;
@@ -131,6 +145,28 @@ cryptocore_status cryptocore_keyring_import_key(const struct cryptocore_keyring 
                                                 const uint8_t *material,
                                                 size_t len);
 
+// Adds a new primary version of key `name` with the given 32 bytes of material (to import
+// a key's history from elsewhere, oldest first, after [`cryptocore_keyring_import_key`]);
+// the new version number goes to `*version` (may be NULL).
+//
+// # Safety
+// As [`cryptocore_keyring_import_key`]; `version` NULL or valid for a write.
+cryptocore_status cryptocore_keyring_import_version(const struct cryptocore_keyring *keyring,
+                                                    const char *name,
+                                                    const uint8_t *material,
+                                                    size_t len,
+                                                    uint32_t *version);
+
+// Destroys version `version` of key `name` (crypto-shredding): its material is erased
+// (and, for a keyring file, the file rewritten), so every data key it wrapped is lost for
+// good. The primary version cannot be destroyed; rotate first.
+//
+// # Safety
+// As [`cryptocore_keyring_create_key`].
+cryptocore_status cryptocore_keyring_destroy_version(const struct cryptocore_keyring *keyring,
+                                                     const char *name,
+                                                     uint32_t version);
+
 // Adds a random new primary version to key `name`; the new version goes to `*version`
 // (may be NULL).
 //
@@ -152,6 +188,18 @@ void cryptocore_keyring_free(struct cryptocore_keyring *keyring);
 // `keyring` is a live keyring; `out` valid for a write.
 cryptocore_status cryptocore_envelope_from_keyring(const struct cryptocore_keyring *keyring,
                                                    struct cryptocore_envelope **out);
+
+// An envelope over several keyrings: sealing wraps the data key under every member (and
+// fails unless all succeed, so no message is written without its recovery copy); opening
+// uses the first member that can unwrap. Put the primary member first: rewrap re-wraps
+// under the first wrapped entry's key name. `n` is 1 to 16.
+//
+// # Safety
+// `members` points to `n` members with live keyrings and valid strings; `out` valid for
+// a write.
+cryptocore_status cryptocore_envelope_from_keyrings(const struct cryptocore_keyring_member *members,
+                                                    size_t n,
+                                                    struct cryptocore_envelope **out);
 
 // An envelope whose data keys come from the KMS sidecar at `endpoint`
 // (`unix:///path/kms.sock` or `https://host:port`), with an optional API `token` and, for
@@ -270,8 +318,10 @@ cryptocore_status cryptocore_encryptor_finish(struct cryptocore_encryptor *encry
 // NULL or a live encryptor, not used afterwards.
 void cryptocore_encryptor_free(struct cryptocore_encryptor *encryptor);
 
-// Starts opening a stream-form message sealed with the given context. `envelope` must
-// outlive the decryptor.
+// Starts opening a message sealed with the given context. `envelope` must outlive the
+// decryptor. A stream-form message releases each segment's plaintext as soon as it has
+// authenticated; a compact-form one (at most 16 MiB) is held and opened by
+// [`cryptocore_decryptor_finish`].
 //
 // # Safety
 // As [`cryptocore_encrypt`]; `out` valid for a write.

@@ -38,14 +38,22 @@ fn tool_available(tool: &str, what: &str) -> bool {
 
 /// Compiles `tests/c/NAME.c` into `out_dir`.
 fn compile(name: &str, out_dir: &Path) -> PathBuf {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let flags = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function"];
+    compile_with(&cc, &flags, &format!("c/{name}.c"), out_dir)
+}
+
+/// Compiles `tests/SOURCE` with `compiler` and `flags` against the header and the library.
+fn compile_with(compiler: &str, flags: &[&str], source: &str, out_dir: &Path) -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = lib_dir();
+    let name = Path::new(source).file_stem().unwrap().to_str().unwrap();
     let exe = out_dir.join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .args(["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function"])
+    let cc = compiler;
+    let out = Command::new(cc)
+        .args(flags)
         .arg(format!("-I{}", crate_dir.join("include").display()))
-        .arg(crate_dir.join("tests/c").join(format!("{name}.c")))
+        .arg(crate_dir.join("tests").join(source))
         .arg(format!("-L{}", lib.display()))
         .arg("-lcryptocore")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
@@ -53,7 +61,7 @@ fn compile(name: &str, out_dir: &Path) -> PathBuf {
         .arg(&exe)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{cc} {name}.c failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cc} {source} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     exe
 }
 
@@ -178,6 +186,101 @@ fn c_program_against_a_sidecar() {
     run(&compile("sidecar", dir.path()), &[&endpoint, "tenant-a/files"], None, &|| {});
 }
 
+/// The expected C status of a published vector (`cryptocore.h`: invalid input 2,
+/// authentication failure 3 — including a wrapped key that does not unwrap — other key
+/// errors 4).
+fn expected_status(v: &serde_json::Value) -> u32 {
+    let error = v["expected_error"].as_str().unwrap_or("");
+    match (v["result"].as_str().unwrap(), error) {
+        ("valid", _) => 0,
+        (_, "Malformed" | "UnsupportedVersion" | "UnsupportedSuite" | "UnsupportedForm") => 2,
+        (_, "HeaderAuthentication" | "Truncated" | "TrailingData") => 3,
+        (_, e) if e.starts_with("SegmentAuthentication") => 3,
+        // Key errors: the vector's description says which; a blob that fails to unwrap
+        // (flipped bit, wrong KEK, version swapped) is an authentication failure, a
+        // destroyed version or a missing provider a key error.
+        (_, "Key") => match v["name"].as_str().unwrap() {
+            "key-version-destroyed" | "no-matching-provider" => 4,
+            _ => 3,
+        },
+        (_, other) => panic!("vector {} has an unknown expected error {other}", v["name"]),
+    }
+}
+
+fn hex_or_dash(b: &[u8]) -> String {
+    if b.is_empty() { "-".into() } else { hex::encode(b) }
+}
+
+#[test]
+fn c_program_opens_the_published_vectors() {
+    if !tool_available("cc", "the C API vectors test") {
+        return;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crypto-core/tests/vectors/envelope-v1.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut text = String::new();
+    let vectors = doc["vectors"].as_array().unwrap();
+    for v in vectors {
+        text += &format!("vector {} {}\n", v["name"].as_str().unwrap(), expected_status(v));
+        for k in v["keys"].as_array().unwrap() {
+            text += &format!("key {} {}\n", k["provider_id"].as_str().unwrap(), k["name"].as_str().unwrap());
+            let mut destroyed = Vec::new();
+            for ver in k["versions"].as_array().unwrap() {
+                let n = ver["version"].as_u64().unwrap();
+                match ver["material"].as_str() {
+                    Some(m) => text += &format!("ver {n} {m}\n"),
+                    None => {
+                        text += &format!("ver {n} destroyed\n");
+                        destroyed.push(n);
+                    }
+                }
+            }
+            for n in destroyed {
+                text += &format!("destroy {n}\n");
+            }
+        }
+        for (k, val) in v["context"].as_object().unwrap() {
+            text += &format!("ctx {} {}\n", hex_or_dash(k.as_bytes()), hex_or_dash(val.as_str().unwrap().as_bytes()));
+        }
+        text += &format!("ct {}\n", hex_or_dash(&hex::decode(v["ciphertext"].as_str().unwrap()).unwrap()));
+        text += &format!("pt {}\nend\n", hex_or_dash(&hex::decode(v["plaintext"].as_str().unwrap()).unwrap()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vectors.txt");
+    std::fs::write(&file, text).unwrap();
+    assert!(vectors.len() >= 40);
+    run(&compile("vectors", dir.path()), &[file.to_str().unwrap()], None, &|| {});
+}
+
+/// The header as C++17 and as strict C99, both with warnings as errors: C++ services
+/// include it directly. The C++ program links and runs a round trip.
+#[test]
+fn header_compiles_as_cpp17_and_c99() {
+    if !tool_available("c++", "the C++ header check") || !tool_available("cc", "the C99 header check") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let exe =
+        compile_with(&cxx, &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"], "cpp/smoke.cpp", dir.path());
+    run(&exe, &[], None, &|| {});
+    // Strict C99: the header only (a translation unit that includes it and uses a type).
+    let unit = dir.path().join("c99.c");
+    std::fs::write(
+        &unit,
+        "#include \"cryptocore.h\"\nint main(void) { cryptocore_buffer b = {0}; (void)b; return 0; }\n",
+    )
+    .unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only"])
+        .arg(format!("-I{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("include").display()))
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the header is not strict C99:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn python_ctypes_example() {
     if !tool_available("python3", "the Python ctypes example") {
@@ -192,6 +295,38 @@ fn python_ctypes_example() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("python example: ok"), "{stdout}");
+}
+
+/// The Go (cgo) example, when a Go toolchain is installed (it is not one of the
+/// components CI provides: without `go` this test says so and passes, also in CI).
+#[test]
+fn go_cgo_example() {
+    let found = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("\n*** SKIPPED: the Go (cgo) example: `go` not found (apt-get install golang-go) ***\n");
+        return;
+    }
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = Command::new("go")
+        .args(["run", "."])
+        .current_dir(crate_dir.join("examples/go"))
+        .env("CGO_ENABLED", "1")
+        .env("CGO_CFLAGS", format!("-I{}", crate_dir.join("include").display()))
+        .env("CGO_LDFLAGS", format!("-L{0} -Wl,-rpath,{0}", lib.display()))
+        // Offline and self-contained: no module downloads, caches in a temp dir.
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", scratch.path().join("cache"))
+        .env("GOPATH", scratch.path().join("gopath"))
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "go run failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("go example") && stdout.contains(": ok"), "{stdout}");
 }
 
 #[test]

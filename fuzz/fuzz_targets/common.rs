@@ -2,6 +2,9 @@
 //! vectors' ciphertexts) are valid messages and the fuzzer starts from deep inside the
 //! format rather than at the magic bytes.
 
+// Each target uses part of this module.
+#![allow(dead_code)]
+
 use std::sync::{Arc, OnceLock};
 
 use crypto_core::envelope::{EncryptionContext, Envelope};
@@ -55,4 +58,20 @@ pub fn setup() -> &'static Setup {
             .collect();
         Setup { envelope: Envelope::new(multi), contexts }
     })
+}
+
+/// The first valid vector's `local` key: its name and every version's material, oldest
+/// first (for targets that import it through the C API).
+pub fn vector_key() -> (String, Vec<Vec<u8>>) {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../crypto-core/tests/vectors/envelope-v1.json")).unwrap();
+    let v = doc["vectors"].as_array().unwrap().iter().find(|v| v["result"] == "valid").unwrap();
+    let k = &v["keys"][0];
+    let versions = k["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ver| hex::decode(ver["material"].as_str().unwrap()).unwrap())
+        .collect();
+    (k["name"].as_str().unwrap().to_owned(), versions)
 }

@@ -120,13 +120,7 @@ impl Header {
     pub(crate) fn write_rest(&self, out: &mut Vec<u8>) {
         out.push(self.wrapped.len() as u8);
         for w in &self.wrapped {
-            out.push(w.provider_id.len() as u8);
-            out.extend_from_slice(w.provider_id.as_bytes());
-            out.push(w.key_name.len() as u8);
-            out.extend_from_slice(w.key_name.as_bytes());
-            out.extend_from_slice(&w.key_version.to_be_bytes());
-            out.extend_from_slice(&(w.blob.len() as u16).to_be_bytes());
-            out.extend_from_slice(&w.blob);
+            write_wrapped_entry(w, out);
         }
         out.extend_from_slice(&self.commitment);
     }
@@ -157,6 +151,61 @@ impl Header {
     pub(crate) fn read_from<R: Read>(reader: &mut R) -> Result<Header, EnvelopeError> {
         let mut src = ReadSource { reader, buf: Vec::with_capacity(256) };
         parse_from(&mut src)
+    }
+}
+
+/// Appends one wrapped-key entry (`docs/format.md` §4.3); the fields were validated.
+fn write_wrapped_entry(w: &WrappedKey, out: &mut Vec<u8>) {
+    out.push(w.provider_id.len() as u8);
+    out.extend_from_slice(w.provider_id.as_bytes());
+    out.push(w.key_name.len() as u8);
+    out.extend_from_slice(w.key_name.as_bytes());
+    out.extend_from_slice(&w.key_version.to_be_bytes());
+    out.extend_from_slice(&(w.blob.len() as u16).to_be_bytes());
+    out.extend_from_slice(&w.blob);
+}
+
+/// Reads one wrapped-key entry; the caller validates it ([`validate_wrapped`]).
+fn parse_wrapped_entry(s: &mut impl Source) -> Result<WrappedKey, EnvelopeError> {
+    let id_len = usize::from(u8_of(s)?);
+    let provider_id = std::str::from_utf8(s.take(id_len)?)
+        .map_err(|_| EnvelopeError::Malformed("provider id is not UTF-8"))?
+        .to_owned();
+    let name_len = usize::from(u8_of(s)?);
+    let key_name = std::str::from_utf8(s.take(name_len)?)
+        .map_err(|_| EnvelopeError::Malformed("key name is not UTF-8"))?
+        .to_owned();
+    let key_version = u32_of(s)?;
+    let blob_len = usize::from(u16_of(s)?);
+    if blob_len > MAX_BLOB_LEN {
+        return Err(EnvelopeError::Malformed("wrapped key blob longer than 4096 bytes"));
+    }
+    let blob = s.take(blob_len)?.to_vec();
+    Ok(WrappedKey { provider_id, key_name, key_version, blob })
+}
+
+impl WrappedKey {
+    /// Encodes this wrapped key alone, as one header entry (`docs/format.md` §4.3): the
+    /// storable form of a data key from
+    /// [`generate_data_key`](crate::provider::KeyProvider::generate_data_key). Fails if a
+    /// field is out of the format's bounds.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        validate_wrapped(std::slice::from_ref(self))?;
+        let mut out = Vec::with_capacity(wrapped_entry_len(self));
+        write_wrapped_entry(self, &mut out);
+        Ok(out)
+    }
+
+    /// Decodes what [`WrappedKey::encode`] made. Untrusted input is fine: every field is
+    /// bounded and checked, and the whole input must be one entry (no trailing bytes).
+    pub fn decode(bytes: &[u8]) -> Result<WrappedKey, EnvelopeError> {
+        let mut src = SliceSource { bytes, pos: 0 };
+        let w = parse_wrapped_entry(&mut src)?;
+        if src.pos != bytes.len() {
+            return Err(EnvelopeError::Malformed("trailing bytes after the wrapped key"));
+        }
+        validate_wrapped(std::slice::from_ref(&w))?;
+        Ok(w)
     }
 }
 
@@ -275,24 +324,57 @@ fn parse_from(s: &mut impl Source) -> Result<Header, EnvelopeError> {
     }
     let mut wrapped = Vec::with_capacity(count);
     for _ in 0..count {
-        let id_len = usize::from(u8_of(s)?);
-        let provider_id = std::str::from_utf8(s.take(id_len)?)
-            .map_err(|_| EnvelopeError::Malformed("provider id is not UTF-8"))?
-            .to_owned();
-        let name_len = usize::from(u8_of(s)?);
-        let key_name = std::str::from_utf8(s.take(name_len)?)
-            .map_err(|_| EnvelopeError::Malformed("key name is not UTF-8"))?
-            .to_owned();
-        let key_version = u32_of(s)?;
-        let blob_len = usize::from(u16_of(s)?);
-        if blob_len > MAX_BLOB_LEN {
-            return Err(EnvelopeError::Malformed("wrapped key blob longer than 4096 bytes"));
-        }
-        let blob = s.take(blob_len)?.to_vec();
-        wrapped.push(WrappedKey { provider_id, key_name, key_version, blob });
+        wrapped.push(parse_wrapped_entry(s)?);
     }
     validate_wrapped(&wrapped)?;
     let mut commitment = [0u8; COMMITMENT_LEN];
     commitment.copy_from_slice(s.take(COMMITMENT_LEN)?);
     Ok(Header { form, salt, wrapped, commitment })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WrappedKey {
+        WrappedKey { provider_id: "local".into(), key_name: "tenant-a/db".into(), key_version: 7, blob: vec![0xAB; 60] }
+    }
+
+    #[test]
+    fn wrapped_key_entry_round_trips_and_matches_the_header_encoding() {
+        let w = sample();
+        let bytes = w.encode().expect("encode");
+        assert_eq!(bytes.len(), wrapped_entry_len(&w));
+        assert_eq!(WrappedKey::decode(&bytes).expect("decode"), w);
+        // The same bytes a header holds for this entry.
+        let header =
+            Header { form: Form::Compact, salt: [1; SALT_LEN], wrapped: vec![w], commitment: [2; COMMITMENT_LEN] };
+        let mut rest = Vec::new();
+        header.write_rest(&mut rest);
+        assert_eq!(&rest[1..1 + bytes.len()], &bytes[..]);
+    }
+
+    #[test]
+    fn wrapped_key_decode_refuses_malformed_input() {
+        let bytes = sample().encode().expect("encode");
+        for cut in 0..bytes.len() {
+            assert!(WrappedKey::decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(WrappedKey::decode(&trailing), Err(EnvelopeError::Malformed(_))));
+        let mut zero_version = sample();
+        zero_version.key_version = 0;
+        assert!(zero_version.encode().is_err());
+        let mut empty_blob = sample();
+        empty_blob.blob.clear();
+        assert!(empty_blob.encode().is_err());
+        // Version 0 and an empty provider id written by hand are refused on decode too.
+        let mut v0 = bytes.clone();
+        let at = 1 + 5 + 1 + 11;
+        v0[at..at + 4].copy_from_slice(&[0; 4]);
+        assert!(WrappedKey::decode(&v0).is_err());
+        let no_provider = [0u8, 1, b'k', 0, 0, 0, 1, 0, 1, 9];
+        assert!(WrappedKey::decode(&no_provider).is_err());
+    }
 }

@@ -32,6 +32,9 @@ pub(crate) const NONCE_PREFIX_LEN: usize = 7;
 /// The keys of one message: AES key, nonce prefix and commitment.
 pub(crate) struct MessageKeys {
     aead: Aes256Gcm,
+    /// The raw message key, for engines that expand it themselves (the GPU kernel and its
+    /// reference model in [`crate::bulk`]); zeroized on drop.
+    key: Zeroizing<[u8; KEY_LEN]>,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
     commitment: [u8; 32],
 }
@@ -52,7 +55,17 @@ impl MessageKeys {
         prk.expand(&[LABEL_COMMITMENT, &digest], &mut commitment);
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
         nonce_prefix.copy_from_slice(&salt[..NONCE_PREFIX_LEN]);
-        Self { aead: Aes256Gcm::new(backend, &key), nonce_prefix, commitment }
+        Self { aead: Aes256Gcm::new(backend, &key), key, nonce_prefix, commitment }
+    }
+
+    /// The message key (AES-256), for the bulk engines that run their own AES.
+    pub(crate) fn raw_key(&self) -> &[u8; KEY_LEN] {
+        &self.key
+    }
+
+    /// The nonce prefix (nonce bytes 0..7 of every segment).
+    pub(crate) fn nonce_prefix(&self) -> &[u8; NONCE_PREFIX_LEN] {
+        &self.nonce_prefix
     }
 
     fn nonce(&self, index: u32, last: bool) -> [u8; NONCE_LEN] {
@@ -125,7 +138,7 @@ impl MessageSealer {
         backend: Backend,
         data_key: &DataKey,
         wrapped: Vec<WrappedKey>,
-        context: &super::EncryptionContext,
+        context: &impl super::ContextEncoding,
         form: Form,
     ) -> Result<Self, EnvelopeError> {
         Self::with_salt(backend, data_key, wrapped, context, form, crate::rand::salt())
@@ -135,7 +148,7 @@ impl MessageSealer {
         backend: Backend,
         data_key: &DataKey,
         wrapped: Vec<WrappedKey>,
-        context: &super::EncryptionContext,
+        context: &impl super::ContextEncoding,
         form: Form,
         salt: [u8; SALT_LEN],
     ) -> Result<Self, EnvelopeError> {
@@ -143,7 +156,7 @@ impl MessageSealer {
             super::header::validate_segment_size(segment_size)?;
         }
         super::header::validate_wrapped(&wrapped)?;
-        let ctx = context.canonical_bytes()?;
+        let ctx = context.canonical()?;
         let mut header = Header { form, salt, wrapped, commitment: [0; 32] };
         // One buffer: the immutable prefix feeds the derivation, then the wrapped keys and
         // the commitment are appended to it to form the encoded header.

@@ -37,19 +37,18 @@ mod stream;
 
 use std::io::{Read, Seek, Write};
 
-pub use context::{EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_LEN};
+pub use context::{CanonicalContext, ContextEncoding, EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_LEN};
 pub use header::{
     COMMITMENT_LEN, DEFAULT_SEGMENT_SIZE, FORM_COMPACT, FORM_STREAM, Form, Header, MAGIC, MAX_COMPACT_PLAINTEXT,
     MAX_SEGMENT_SIZE, MAX_WRAPPED_KEYS, MIN_SEGMENT_SIZE, SALT_LEN, SUITE_AES256GCM_HKDF_SHA256, VERSION_1,
 };
-pub(crate) use message::Geometry;
 pub use message::MessageSealer;
+pub(crate) use message::{Geometry, MessageKeys, NONCE_PREFIX_LEN};
 pub use stream::{DecryptingReader, EncryptingWriter, PushDecryptor, SeekableDecryptor};
 
 use crate::aead::{Backend, TAG_LEN};
 use crate::provider::{KeyProvider, ProviderError};
 use crate::secret::DataKey;
-use message::MessageKeys;
 
 /// Why sealing or opening failed.
 ///
@@ -183,7 +182,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn sealer(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         form: Form,
     ) -> Result<MessageSealer, EnvelopeError> {
         self.sealer_for(key_name, context, form, None)
@@ -192,7 +191,7 @@ impl<P: KeyProvider> Envelope<P> {
     fn sealer_for(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         form: Form,
         plaintext_len: Option<usize>,
     ) -> Result<MessageSealer, EnvelopeError> {
@@ -208,7 +207,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn seal(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
         self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal(plaintext)
@@ -220,7 +219,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn seal_into(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
@@ -231,7 +230,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn seal_compact(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EnvelopeError> {
         self.sealer_for(key_name, context, Form::Compact, Some(plaintext.len()))?.seal(plaintext)
@@ -241,7 +240,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn seal_compact_into(
         &self,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
@@ -253,11 +252,26 @@ impl<P: KeyProvider> Envelope<P> {
         Ok(Header::parse(ciphertext)?.0)
     }
 
+    /// What every whole-message engine (`bulk::cpu`, the GPU engine, the kernel model)
+    /// needs before opening segments: the checked message keys, the body and its
+    /// geometry.
+    pub(crate) fn open_parts<'c>(
+        &self,
+        context: &impl ContextEncoding,
+        ciphertext: &'c [u8],
+    ) -> Result<(MessageKeys, &'c [u8], Geometry), EnvelopeError> {
+        let (header, header_len) = Header::parse(ciphertext)?;
+        let keys = self.open_header(&header, context)?;
+        let body = &ciphertext[header_len..];
+        let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body.len())?;
+        Ok((keys, body, geometry))
+    }
+
     /// Unwraps the data key of `header` and derives and checks the message keys.
     pub(crate) fn open_header(
         &self,
         header: &Header,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
     ) -> Result<MessageKeys, EnvelopeError> {
         let data_key = self.provider.unwrap(&header.wrapped)?;
         message_keys(self.options.backend, &data_key, header, context)
@@ -265,7 +279,7 @@ impl<P: KeyProvider> Envelope<P> {
 
     /// Opens a whole message (either form). No plaintext is returned unless every segment
     /// authenticated; on failure the partially decrypted buffer is zeroized.
-    pub fn open(&self, context: &EncryptionContext, ciphertext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn open(&self, context: &impl ContextEncoding, ciphertext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
         let mut out = Vec::new();
         self.open_into(context, ciphertext, &mut out)?;
         Ok(out)
@@ -275,7 +289,7 @@ impl<P: KeyProvider> Envelope<P> {
     /// allocation reused). On failure `out` is zeroized and left empty.
     pub fn open_into(
         &self,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         ciphertext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
@@ -289,7 +303,7 @@ impl<P: KeyProvider> Envelope<P> {
     /// is checked only when the final segment is opened.
     pub fn open_segment(
         &self,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
         ciphertext: &[u8],
         index: u64,
     ) -> Result<Vec<u8>, EnvelopeError> {
@@ -354,7 +368,7 @@ impl<P: KeyProvider> Envelope<P> {
         &self,
         inner: W,
         key_name: &str,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
     ) -> Result<EncryptingWriter<W>, EnvelopeError> {
         let sealer = self.sealer(key_name, context, self.stream_form())?;
         EncryptingWriter::new(inner, sealer)
@@ -364,7 +378,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn decrypting_reader<R: Read>(
         &self,
         mut inner: R,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
     ) -> Result<DecryptingReader<R>, EnvelopeError> {
         let header = Header::read_from(&mut inner)?;
         let keys = self.open_header(&header, context)?;
@@ -374,7 +388,11 @@ impl<P: KeyProvider> Envelope<P> {
     /// A decryptor for a stream-form message whose `header` has been read (see
     /// [`Header::parse`]); push the bytes after the header into it. Unwraps the data key
     /// and checks the key commitment against `context` here, before any body byte.
-    pub fn push_decryptor(&self, header: &Header, context: &EncryptionContext) -> Result<PushDecryptor, EnvelopeError> {
+    pub fn push_decryptor(
+        &self,
+        header: &Header,
+        context: &impl ContextEncoding,
+    ) -> Result<PushDecryptor, EnvelopeError> {
         let keys = self.open_header(header, context)?;
         PushDecryptor::new(header, keys)
     }
@@ -384,7 +402,7 @@ impl<P: KeyProvider> Envelope<P> {
     pub fn seekable_decryptor<R: Read + Seek>(
         &self,
         mut inner: R,
-        context: &EncryptionContext,
+        context: &impl ContextEncoding,
     ) -> Result<SeekableDecryptor<R>, EnvelopeError> {
         inner.rewind()?;
         let header = Header::read_from(&mut inner)?;
@@ -417,9 +435,9 @@ pub(crate) fn message_keys(
     backend: Backend,
     data_key: &DataKey,
     header: &Header,
-    context: &EncryptionContext,
+    context: &impl ContextEncoding,
 ) -> Result<MessageKeys, EnvelopeError> {
-    let ctx = context.canonical_bytes()?;
+    let ctx = context.canonical()?;
     let keys = MessageKeys::derive(backend, data_key, &header.immutable_prefix(), &header.salt, &ctx);
     keys.verify_commitment(&header.commitment)?;
     Ok(keys)
@@ -473,7 +491,7 @@ pub(crate) fn resize_reusing(v: &mut Vec<u8>, n: usize) {
 pub fn open_with_data_key(
     backend: Backend,
     data_key: &DataKey,
-    context: &EncryptionContext,
+    context: &impl ContextEncoding,
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, EnvelopeError> {
     let (header, header_len) = Header::parse(ciphertext)?;

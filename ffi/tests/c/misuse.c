@@ -22,6 +22,40 @@ int main(void) {
   EXPECT(cryptocore_envelope_from_keyring(ring, NULL), CRYPTOCORE_NULL_ARGUMENT);
   OK(cryptocore_envelope_from_keyring(ring, &env));
 
+  /* Key history and shredding: the primary cannot be destroyed, an older version can,
+     once; imported versions must be 32 bytes. */
+  uint32_t version = 0;
+  EXPECT(cryptocore_keyring_import_version(ring, "imported", material, 31, &version), CRYPTOCORE_INVALID_ARGUMENT);
+  EXPECT(cryptocore_keyring_import_version(ring, "absent", material, 32, &version), CRYPTOCORE_KEY_ERROR);
+  OK(cryptocore_keyring_import_version(ring, "imported", material, 32, &version));
+  CHECK(version == 2);
+  EXPECT(cryptocore_keyring_destroy_version(ring, "imported", 2), CRYPTOCORE_KEY_ERROR);
+  EXPECT(cryptocore_keyring_destroy_version(ring, "imported", 9), CRYPTOCORE_KEY_ERROR);
+  EXPECT(cryptocore_keyring_destroy_version(NULL, "imported", 1), CRYPTOCORE_NULL_ARGUMENT);
+  OK(cryptocore_keyring_destroy_version(ring, "imported", 1));
+
+  /* Multi-keyring envelopes: NULLs, no members, the same provider id twice, a bad id. */
+  cryptocore_envelope *multi = NULL;
+  cryptocore_keyring_member members[2] = {{ring, "local", NULL}, {ring, "local", "imported"}};
+  EXPECT(cryptocore_envelope_from_keyrings(NULL, 1, &multi), CRYPTOCORE_NULL_ARGUMENT);
+  EXPECT(cryptocore_envelope_from_keyrings(members, 0, &multi), CRYPTOCORE_INVALID_ARGUMENT);
+  EXPECT(cryptocore_envelope_from_keyrings(members, 2, &multi), CRYPTOCORE_INVALID_ARGUMENT);
+  members[1].provider_id = "bad id with spaces\x01";
+  EXPECT(cryptocore_envelope_from_keyrings(members, 2, &multi), CRYPTOCORE_INVALID_ARGUMENT);
+  members[1].provider_id = NULL;
+  EXPECT(cryptocore_envelope_from_keyrings(members, 2, &multi), CRYPTOCORE_NULL_ARGUMENT);
+  CHECK(multi == NULL);
+  /* A recovery member with a fixed key: sealing wraps under both. */
+  members[1].provider_id = "local-dr";
+  OK(cryptocore_envelope_from_keyrings(members, 2, &multi));
+  cryptocore_buffer sealed = {0}, opened = {0};
+  OK(cryptocore_encrypt(multi, "k", ctx, 1, (const uint8_t *)"dr", 2, &sealed));
+  OK(cryptocore_decrypt(multi, ctx, 1, sealed.data, sealed.len, &opened));
+  CHECK(opened.len == 2 && memcmp(opened.data, "dr", 2) == 0);
+  cryptocore_buffer_free(&opened);
+  cryptocore_buffer_free(&sealed);
+  cryptocore_envelope_free(multi);
+
   /* NULL buffers with a non-zero length; a NULL context with pairs claimed. */
   EXPECT(cryptocore_encrypt(env, "k", ctx, 1, NULL, 5, &sentinel), CRYPTOCORE_NULL_ARGUMENT);
   EXPECT(cryptocore_encrypt(env, "k", NULL, 1, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_NULL_ARGUMENT);
@@ -32,6 +66,12 @@ int main(void) {
   const cryptocore_kv bad_utf8[] = {{"k", "\xff\xfe"}};
   EXPECT(cryptocore_encrypt(env, "k", bad_utf8, 1, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_INVALID_ARGUMENT);
   EXPECT(cryptocore_encrypt(NULL, "k", ctx, 1, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_NULL_ARGUMENT);
+  /* A key given twice is ambiguous: refused, never "last one wins". Empty keys too. */
+  const cryptocore_kv twice[] = {{"k", "v"}, {"j", "w"}, {"k", "v"}};
+  EXPECT(cryptocore_encrypt(env, "k", twice, 3, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_INVALID_ARGUMENT);
+  EXPECT(cryptocore_decrypt(env, twice, 3, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_INVALID_ARGUMENT);
+  const cryptocore_kv empty_key[] = {{"", "v"}};
+  EXPECT(cryptocore_encrypt(env, "k", empty_key, 1, (const uint8_t *)"x", 1, &sentinel), CRYPTOCORE_INVALID_ARGUMENT);
   CHECK(sentinel.data == (uint8_t *)0x1 && sentinel.len == 3);
 
   /* Zero lengths: an empty plaintext and an empty context are fine. */

@@ -1,0 +1,3 @@
+module example.invalid/cryptocore-go
+
+go 1.19
