@@ -115,6 +115,81 @@ proptest! {
     }
 }
 
+/// Stream form with the given segment size, or the compact form when `seg` is `None`.
+fn form_of(seg: Option<u32>) -> Form {
+    seg.map_or(Form::Compact, |segment_size| Form::Stream { segment_size })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Rewrap (whole message, header only, streaming) after any number of rotations
+    /// preserves the plaintext and the body, whatever the size, form and context; the
+    /// rewrapped message names the newest version and still opens after every older
+    /// version is destroyed.
+    #[test]
+    fn rewrap_preserves_plaintext(len in prop_oneof![0usize..40, 0usize..3000],
+                                  seg in prop_oneof![Just(None), (16u32..300).prop_map(Some)],
+                                  entries in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..4),
+                                  rotations in 1u32..4) {
+        let (ring, env) = setup(16, Backend::AwsLc);
+        let ctx: EncryptionContext = entries.into_iter().collect();
+        let pt = data(len);
+        let sealed = env.sealer(KEY, &ctx, form_of(seg)).unwrap().seal(&pt).unwrap();
+        let old_header_len = env.inspect(&sealed).unwrap().encoded_len();
+        for _ in 0..rotations {
+            ring.rotate(KEY).unwrap();
+        }
+        let newest = rotations + 1;
+
+        let whole = env.rewrap(&sealed).unwrap();
+        let (header, consumed) = env.rewrap_header(&sealed[..old_header_len]).unwrap();
+        prop_assert_eq!(consumed, old_header_len);
+        let by_header = [&header[..], &sealed[consumed..]].concat();
+        let mut streamed = Vec::new();
+        env.rewrap_stream(Cursor::new(&sealed), &mut streamed).unwrap();
+
+        for (what, re) in [("rewrap", &whole), ("rewrap_header", &by_header), ("rewrap_stream", &streamed)] {
+            let h = env.inspect(re).unwrap();
+            prop_assert_eq!(h.key_version(), newest, "{} names the newest version", what);
+            prop_assert_eq!(&re[h.encoded_len()..], &sealed[old_header_len..], "{} leaves the body alone", what);
+            prop_assert_eq!(&env.open(&ctx, re).unwrap(), &pt, "{} preserves the plaintext", what);
+        }
+        for v in 1..newest {
+            ring.destroy_version(KEY, v).unwrap();
+        }
+        prop_assert!(env.open(&ctx, &sealed).is_err(), "the original died with its version");
+        prop_assert_eq!(&env.open(&ctx, &whole).unwrap(), &pt);
+    }
+
+    /// A single-bit flip at a random position of a random message (any size, form,
+    /// segment size and context, including multi-segment ones the exhaustive test below
+    /// does not reach) is rejected by every way of opening it.
+    #[test]
+    fn random_single_bit_flip_is_rejected(len in 0usize..5000,
+                                          seg in prop_oneof![Just(None), (16u32..400).prop_map(Some)],
+                                          entries in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..4),
+                                          position in any::<proptest::sample::Index>(),
+                                          bit in 0u8..8) {
+        let (_, env) = setup(16, Backend::AwsLc);
+        let ctx: EncryptionContext = entries.into_iter().collect();
+        let pt = data(len);
+        let sealed = env.sealer(KEY, &ctx, form_of(seg)).unwrap().seal(&pt).unwrap();
+        let mut tampered = sealed.clone();
+        let byte = position.index(tampered.len());
+        tampered[byte] ^= 1 << bit;
+        prop_assert!(env.open(&ctx, &tampered).is_err(), "open accepted a flip of byte {} bit {}", byte, bit);
+        // The streaming reader may release verified segments before the flipped one, but
+        // must end in an error and never return the whole plaintext.
+        let streamed = env.decrypting_reader(Cursor::new(&tampered), &ctx).and_then(|mut r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map_err(EnvelopeError::from)?;
+            Ok(out)
+        });
+        prop_assert!(streamed.is_err(), "the streaming reader accepted a flip of byte {} bit {}", byte, bit);
+    }
+}
+
 #[test]
 fn every_single_bit_flip_is_rejected() {
     for (form, len) in [(Form::Stream { segment_size: 16 }, 40usize), (Form::Compact, 12)] {
