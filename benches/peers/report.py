@@ -16,6 +16,12 @@ Line schema (one JSON object per line; unknown keys are ignored):
   skip line     {"kind": "skip", "impl", "note"}  a peer that could not run
   error line    {"kind": "error", "impl", "op", "size", "note"}  a failed check
 
+Ratios are to `aws-lc-rs-raw` (the per-core limit, from the Rust side) when the run has
+it, else to `cryptography-aesgcm`. Under the table comes the goals table: the seal
+throughput of `cryptocore-envelope` at 1 MiB and 64 MiB against (a) 10x the best
+envelope peer (ENVELOPE_PEERS: `aws-encryption-sdk`, `tink-streaming`, `age`) and
+(b) 90 % of `aws-lc-rs-raw`.
+
 Prints the Markdown block. With --write-results it also replaces the block between
 `<!-- peers:begin -->` and `<!-- peers:end -->` in benches/RESULTS.md (appending a
 section with those markers if the file has none) and writes the plot to
@@ -51,6 +57,18 @@ ORDER = [
 ]
 LIMIT = "aws-lc-rs-raw"          # the per-core limit, when the Rust side ran
 FALLBACK_REF = "cryptography-aesgcm"
+
+# The goals table. The subject is this project's envelope; the envelope peers are the
+# peers that, like it, seal a whole message under a fresh per-message key and write a
+# self-describing header: aws-encryption-sdk (fresh data key wrapped by the raw AES
+# keyring), tink-streaming (per-message key by HKDF from a random salt) and age (fresh
+# file key wrapped to an X25519 recipient). tink-aead and cryptography-aesgcm are bare
+# AEADs (one long-lived key, no per-message key): they do not count.
+GOAL_SUBJECT = "cryptocore-envelope"
+ENVELOPE_PEERS = ["aws-encryption-sdk", "tink-streaming", "age"]
+GOAL_SIZES = [1 * MiB, 64 * MiB]
+GOAL_PEER_FACTOR = 10.0          # seal >= 10x the best envelope peer
+GOAL_LIMIT_FRACTION = 0.90       # seal >= 90 % of aws-lc-rs-raw
 
 DESCRIPTION = {
     "aws-lc-rs-raw": "raw aws-lc-rs AES-256-GCM, one core (the per-core limit)",
@@ -184,6 +202,67 @@ def ordered_impls(results):
     return rows
 
 
+def fmt_times(r):
+    if r is None:
+        return "—"
+    return f"{r:.1f}×" if r < 100 else f"{r:.0f}×"
+
+
+def goals_markdown(results, quick):
+    """The goals table: cryptocore-envelope seal against the best envelope peer and
+    against aws-lc-rs-raw, at GOAL_SIZES. Missing figures read "not measured"."""
+
+    def gbps(impl, size):
+        r = results.get((impl, "seal", size))
+        return float(r["gbps"]) if r and float(r["gbps"]) > 0 else None
+
+    out = []
+    out.append("Goals (seal, one core): `cryptocore-envelope` ≥ "
+               f"{GOAL_PEER_FACTOR:g}× the best envelope peer and ≥ {GOAL_LIMIT_FRACTION * 100:g} % of "
+               "`aws-lc-rs-raw`, at " + " and ".join(human_size(s) for s in GOAL_SIZES) + ". "
+               "Envelope peers: " + ", ".join(f"`{p}`" for p in ENVELOPE_PEERS)
+               + " (a whole message under a fresh per-message key, self-describing header); "
+               "`tink-aead` and `cryptography-aesgcm` are bare AEADs and do not count."
+               + (" **Quick run: indicative only.**" if quick else ""))
+    out.append("")
+    out.append("| goal | size | `cryptocore-envelope` seal GB/s | reference | reference GB/s | achieved | target | met |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for size in GOAL_SIZES:
+        mine = gbps(GOAL_SUBJECT, size)
+        peers = [(p, gbps(p, size)) for p in ENVELOPE_PEERS]
+        peers = [(p, v) for p, v in peers if v is not None]
+        best = max(peers, key=lambda pv: pv[1]) if peers else None
+        ratio = mine / best[1] if (mine is not None and best) else None
+        met = "—" if ratio is None else ("yes" if ratio >= GOAL_PEER_FACTOR else "**no**")
+        out.append("| " + " | ".join([
+            f"≥ {GOAL_PEER_FACTOR:g}× best envelope peer",
+            human_size(size),
+            fmt_gbps(mine),
+            f"`{best[0]}` (best of {len(peers)})" if best else "not measured",
+            fmt_gbps(best[1]) if best else "—",
+            fmt_times(ratio),
+            f"≥ {GOAL_PEER_FACTOR:g}×",
+            met,
+        ]) + " |")
+    for size in GOAL_SIZES:
+        mine = gbps(GOAL_SUBJECT, size)
+        limit = gbps(LIMIT, size)
+        ratio = mine / limit if (mine is not None and limit is not None) else None
+        met = "—" if ratio is None else ("yes" if ratio >= GOAL_LIMIT_FRACTION else "**no**")
+        out.append("| " + " | ".join([
+            f"≥ {GOAL_LIMIT_FRACTION * 100:g} % of `{LIMIT}`",
+            human_size(size),
+            fmt_gbps(mine),
+            f"`{LIMIT}`" if limit is not None else "not measured",
+            fmt_gbps(limit),
+            fmt_ratio(ratio),
+            f"≥ {GOAL_LIMIT_FRACTION * 100:g} %",
+            met,
+        ]) + " |")
+    out.append("")
+    return out
+
+
 def build_markdown(files, metas, results, versions, notes, skips, errors, warnings):
     sizes = sorted({k[2] for k in results if k[2] > 0})
     ref = LIMIT if any(k[0] == LIMIT for k in results) else FALLBACK_REF
@@ -266,6 +345,8 @@ def build_markdown(files, metas, results, versions, notes, skips, errors, warnin
         out.append("Process start + empty file, included in every figure of that impl's rows: "
                    + ", ".join(parts) + ".")
         out.append("")
+
+    out.extend(goals_markdown(results, quick))
 
     out.append("What each row is:")
     out.append("")

@@ -13,7 +13,9 @@
 #   PEERS_QUICK=1       same as --quick
 #   PEERS_SKIP_INSTALL=1  use the venv and age as they are (no pip, no apt-get)
 #   PYTHON=python3.11   interpreter that creates the venv (default python3)
-#   PEERS_RUST_BUILD / PEERS_RUST_CMD   the Rust side (see run_rust_side below)
+#   PEERS_RUST_BUILD / PEERS_RUST_CMD   the Rust side (see run_rust_side below); default:
+#                       build and run target/release/peers-rust; set to "" to skip
+#                       (PEERS_RUST_CMD="") or not to build (PEERS_RUST_BUILD="")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -27,7 +29,7 @@ PYTHON=${PYTHON:-python3}
 QUICK=${PEERS_QUICK:-0}
 REPORT_ARGS=()
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 for arg in "$@"; do
     case "$arg" in
@@ -115,17 +117,24 @@ QUICK_ARGS=()
 #     {"impl":"cryptocore-envelope"|"cryptocore-c-api"|"kmsctl"|"aws-lc-rs-raw",
 #      "op":"seal"|"open","size":bytes,"gbps":10^9 B/s,"runs":n,"note":"...",
 #      "version":"..."} and, for kmsctl, size-0 lines with "seconds" (process start).
-# Once that binary exists, set the two defaults below to its commands.
+# That binary is benches/src/bin/peers-rust.rs; it finds kms-sidecar and kmsctl next to
+# itself (PEERS_KMS_SIDECAR / PEERS_KMSCTL override). The defaults below build the three
+# (release profile, not pinned) and run it; set either variable to override it, or to ""
+# to skip that step.
+RUST_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+DEFAULT_RUST_BUILD="cargo build --release -p cryptocore-benches --bin peers-rust -p kms-sidecar --bin kms-sidecar --bin kmsctl"
+DEFAULT_RUST_CMD="$RUST_TARGET_DIR/release/peers-rust"
 run_rust_side() {
-    local build=${PEERS_RUST_BUILD:-} cmd=${PEERS_RUST_CMD:-}
+    local build=${PEERS_RUST_BUILD-$DEFAULT_RUST_BUILD} cmd=${PEERS_RUST_CMD-$DEFAULT_RUST_CMD}
     if [[ -z "$cmd" ]]; then
-        loud "Rust side not wired yet (PEERS_RUST_CMD unset): no cryptocore-envelope," \
+        loud "Rust side skipped (PEERS_RUST_CMD is empty): no cryptocore-envelope," \
              "cryptocore-c-api, kmsctl or aws-lc-rs-raw rows; ratios are to cryptography-aesgcm."
         return 0
     fi
     if [[ -n "$build" ]]; then
         say "Rust side: build ($build)"
-        bash -c "$build" >&2
+        # `|| return`: errexit does not apply inside a function called from `run_rust_side || …`.
+        bash -c "$build" >&2 || { echo "run.sh: the Rust side's build failed" >&2; return 1; }
     fi
     say "Rust side: measure on core $CORE ($cmd)"
     PEERS_OUT="$ROOT/$OUTDIR/results-rust.jsonl" taskset -c "$CORE" bash -c "$cmd" >&2

@@ -75,3 +75,26 @@ pub fn vector_key() -> (String, Vec<Vec<u8>>) {
         .collect();
     (k["name"].as_str().unwrap().to_owned(), versions)
 }
+
+/// A fresh temporary directory `<prefix><pid>`, on tmpfs (`/dev/shm`) where there is one
+/// so that the keystore's fsyncs cost nothing. Fuzz state lives in statics, which are never
+/// dropped: directories with this prefix that processes no longer running left behind are
+/// removed first.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(prefix)
+                && !std::path::Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

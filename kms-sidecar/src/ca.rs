@@ -38,6 +38,10 @@ fn key_purpose(certificate: &[u8], parents: &[Vec<u8>], policy: &str) -> String 
 /// How long a CRL is valid; clients fetch a new one by then.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
+/// The latest time X.509 can express (9999-12-31T23:59:59Z), Unix seconds. A stored
+/// revocation time past it can only be damaged data, and the CRL encoder panics on it.
+const MAX_X509_TIME: i64 = 253_402_300_799;
+
 impl From<PkiError> for KmsError {
     fn from(e: PkiError) -> Self {
         match e {
@@ -249,10 +253,14 @@ impl Kms {
         for c in records {
             let serial =
                 Serial::parse(&c.serial).map_err(|_| KmsError::Internal(format!("stored serial {:?}", c.serial)))?;
+            let revoked_at = c.revoked_at.unwrap_or(0).max(0);
+            if revoked_at > MAX_X509_TIME {
+                return Err(KmsError::Internal(format!("stored revocation time {revoked_at} of serial {serial}")));
+            }
             revoked.push(Revocation {
                 serial,
                 reason: c.revoke_reason.and_then(RevocationReason::from_code).unwrap_or(RevocationReason::Unspecified),
-                revoked_at: UNIX_EPOCH + Duration::from_secs(c.revoked_at.unwrap_or(0).max(0) as u64),
+                revoked_at: UNIX_EPOCH + Duration::from_secs(revoked_at as u64),
             });
         }
         let now = SystemTime::now();
@@ -264,4 +272,43 @@ impl Kms {
 pub fn certificate_names(common_name: &str, sans: &[crypto_core::pki::SubjectAltName]) -> Vec<String> {
     let cn = (!common_name.is_empty()).then(|| format!("cn:{common_name}"));
     cn.into_iter().chain(sans.iter().map(ToString::to_string)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Found by the `keystore_records` fuzz target: a stored revocation time past what
+    /// X.509 can express made the CRL encoder panic (GetCrl, the `--tls auto` CRL refresh).
+    #[test]
+    fn crl_refuses_a_stored_revocation_time_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::keystore::SqliteStore::open(dir.path().join("keystore.db")).unwrap());
+        let root = crate::root_key::LocalRootKey::load_or_create(dir.path().join("root.key"), true).unwrap();
+        let kms = Kms::new(store, root);
+        let init = CaInit {
+            common_name: "Test CA".into(),
+            key_type: KeyType::EcdsaP256,
+            ttl: Duration::from_secs(86_400),
+            policy: SanPolicy::default(),
+        };
+        kms.init_ca(&init).unwrap();
+        let record = CertificateRecord {
+            serial: "7E57".into(),
+            common_name: "web".into(),
+            sans: Vec::new(),
+            not_after: 4_000_000_000,
+            issued_at: 1_700_000_000,
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        kms.store().add_certificate(&record).unwrap();
+        kms.store().revoke_certificate("7E57", 1, MAX_X509_TIME).unwrap();
+        // The last second X.509 can express is still fine.
+        kms.crl().unwrap();
+        kms.store().add_certificate(&CertificateRecord { serial: "7E58".into(), ..record }).unwrap();
+        kms.store().revoke_certificate("7E58", 1, MAX_X509_TIME + 1).unwrap();
+        assert!(matches!(kms.crl(), Err(KmsError::Internal(m)) if m.contains("revocation time")));
+    }
 }

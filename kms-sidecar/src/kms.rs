@@ -633,7 +633,10 @@ impl Kms {
             let result = match f(&record)? {
                 Change::Update(u) => self.store.update_key(name, record.row_version, u),
                 Change::AddVersion(material) => {
-                    let version = record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                    let last = record.versions.iter().map(|v| v.version).max().unwrap_or(0);
+                    let version = last.checked_add(1).ok_or_else(|| {
+                        KmsError::FailedPrecondition(format!("key {name:?} has version {last}, the last one"))
+                    })?;
                     let wrapped = self.root.wrap(name, version, &material).map_err(root_error)?;
                     self.store.add_version(name, record.row_version, &wrapped, self.now())
                 }
@@ -1050,5 +1053,34 @@ impl KeyProvider for Kms {
         )
         .ok_or(ProviderError::UnwrapFailed)?;
         Ok(DataKey::from_bytes(*key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Found with the `keystore_records` fuzz target: a stored version `u32::MAX` (damaged
+    /// data; four billion rotations otherwise) made rotation overflow the next version
+    /// number (a panic where overflow checks are on, RotateKey and the lifecycle job).
+    #[test]
+    fn rotating_past_the_last_version_number_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keystore.db");
+        let store = Arc::new(crate::keystore::SqliteStore::open(&path).unwrap());
+        let root = crate::root_key::LocalRootKey::load_or_create(dir.path().join("root.key"), true).unwrap();
+        let kms = Kms::new(store, root);
+        kms.create_key("k").unwrap();
+        let wrapped = kms.root().wrap("k", u32::MAX, &KeyMaterial::generate()).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, created_at) VALUES ('k', ?1, ?2, 0)",
+            rusqlite::params![i64::from(u32::MAX), wrapped],
+        )
+        .unwrap();
+        let err = kms.rotate_key("k").unwrap_err();
+        assert!(matches!(&err, KmsError::FailedPrecondition(m) if m.contains("the last one")), "{err:?}");
+        assert_eq!(kms.describe_key("k").unwrap().versions.len(), 2, "nothing added");
     }
 }

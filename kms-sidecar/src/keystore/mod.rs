@@ -322,9 +322,13 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn revoke_tokens(&self, id_or_name: &str, now: i64) -> Result<Vec<TokenRecord>, StoreError>;
 }
 
+// The column codecs below are `#[doc(hidden)] pub` only so that the fuzz targets in
+// `fuzz/` (a separate workspace) can call them: they are not part of the API.
+
 /// Encodes a CA's parent certificates for the `parents` column: each as a 4-byte
 /// big-endian length and its DER.
-pub(crate) fn encode_parents(parents: &[Vec<u8>]) -> Vec<u8> {
+#[doc(hidden)]
+pub fn encode_parents(parents: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parents {
         out.extend_from_slice(&(p.len() as u32).to_be_bytes());
@@ -334,7 +338,8 @@ pub(crate) fn encode_parents(parents: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Decodes the `parents` column.
-pub(crate) fn decode_parents(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+#[doc(hidden)]
+pub fn decode_parents(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| StoreError::Corrupt("CA parents".into()))?;
@@ -349,7 +354,8 @@ pub(crate) fn decode_parents(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreErro
 }
 
 /// Encodes a key state for the `state`/`delete_after` columns.
-pub(crate) fn state_to_columns(state: KeyState) -> (&'static str, Option<i64>) {
+#[doc(hidden)]
+pub fn state_to_columns(state: KeyState) -> (&'static str, Option<i64>) {
     match state {
         KeyState::Enabled => ("enabled", None),
         KeyState::Disabled => ("disabled", None),
@@ -360,7 +366,8 @@ pub(crate) fn state_to_columns(state: KeyState) -> (&'static str, Option<i64>) {
 }
 
 /// Decodes the `state`/`delete_after` columns.
-pub(crate) fn state_from_columns(state: &str, delete_after: Option<i64>) -> Result<KeyState, StoreError> {
+#[doc(hidden)]
+pub fn state_from_columns(state: &str, delete_after: Option<i64>) -> Result<KeyState, StoreError> {
     Ok(match (state, delete_after) {
         ("enabled", _) => KeyState::Enabled,
         ("disabled", _) => KeyState::Disabled,
@@ -371,7 +378,8 @@ pub(crate) fn state_from_columns(state: &str, delete_after: Option<i64>) -> Resu
 }
 
 /// Decodes the `rotation_period` column (seconds, positive, or NULL).
-pub(crate) fn rotation_period_from_db(v: Option<i64>) -> Result<Option<u64>, StoreError> {
+#[doc(hidden)]
+pub fn rotation_period_from_db(v: Option<i64>) -> Result<Option<u64>, StoreError> {
     v.map(|p| {
         u64::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| StoreError::Corrupt(format!("bad rotation period {p}")))
     })
@@ -379,11 +387,13 @@ pub(crate) fn rotation_period_from_db(v: Option<i64>) -> Result<Option<u64>, Sto
 }
 
 /// Encodes the `rotation_period` column.
-pub(crate) fn rotation_period_to_db(v: Option<u64>) -> Option<i64> {
+#[doc(hidden)]
+pub fn rotation_period_to_db(v: Option<u64>) -> Option<i64> {
     v.map(|p| i64::try_from(p).unwrap_or(i64::MAX))
 }
 
 /// Checks a stored version number.
-pub(crate) fn version_from_db(v: i64) -> Result<u32, StoreError> {
+#[doc(hidden)]
+pub fn version_from_db(v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| StoreError::Corrupt(format!("bad version {v}")))
 }

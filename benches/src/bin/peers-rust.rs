@@ -1,0 +1,1338 @@
+//! `peers-rust`: the Rust side of the peer harness (`benches/peers/`). Measures seal and
+//! open throughput on one thread and writes one JSON line per cell to `PEERS_OUT`, next to
+//! the Python peers of `benches/peers/peers.py` (formats: `benches/peers/report.py`).
+//!
+//! Implementations (the impl names of the JSON lines):
+//!
+//! * `aws-lc-rs-raw`: raw aws-lc-rs AES-256-GCM (`LessSafeKey`, `seal_in_place_separate_tag`
+//!   / `open_in_place`), one fixed key, distinct nonces made outside the timer, no AAD:
+//!   the per-core limit.
+//! * `cryptocore-envelope`: `Envelope::seal` / `Envelope::open` (envelope v1, stream form,
+//!   default 64 KiB segments) over a `LocalProvider` on an in-memory `Keyring`, a fresh
+//!   data key per message, an encryption context of two pairs. Sequential on the calling
+//!   thread: no `bulk::cpu` (rayon), no cache refresh thread.
+//! * `cryptocore-c-api`: the same through `cryptocore_encrypt` / `cryptocore_decrypt` of
+//!   the `ffi` crate, called through its rlib.
+//! * `kmsctl`: `kmsctl encrypt` / `kmsctl decrypt` on files, the whole command timed like
+//!   peers.py times `age`, against a `kms-sidecar serve` that this binary starts (embedded
+//!   default: SQLite, local root key, Unix socket). The size-0 lines are process start on
+//!   an empty file.
+//!
+//! The method is peers.py's, step for step (see [`measure`]): fresh random inputs per
+//! sample made outside the timer; one checked seal and open before anything counts; every
+//! timed output checked outside the timer; warm-up; batches so a sample lasts at least
+//! 5 ms; samples until at least 1 s is timed and at least 5 samples (3 from 64 MiB);
+//! median per operation; GB/s = 10^9 bytes of plaintext per second.
+//!
+//! ```text
+//! cargo build --release -p cryptocore-benches --bin peers-rust -p kms-sidecar --bin kms-sidecar --bin kmsctl
+//! taskset -c 0 target/release/peers-rust --quick     # what benches/peers/run.sh runs
+//! ```
+#![allow(clippy::print_stderr)]
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
+use clap::Parser;
+use crypto_core::envelope::{DEFAULT_SEGMENT_SIZE, EncryptionContext, Envelope};
+use crypto_core::keys::Keyring;
+use crypto_core::provider::LocalProvider;
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const SIZES_FULL: [usize; 3] = [KIB, MIB, 64 * MIB];
+const SIZES_QUICK: [usize; 2] = [KIB, MIB];
+
+const RAW: &str = "aws-lc-rs-raw";
+const ENVELOPE: &str = "cryptocore-envelope";
+const C_API: &str = "cryptocore-c-api";
+const KMSCTL: &str = "kmsctl";
+/// Run (and row) order.
+const IMPLS: [&str; 4] = [RAW, ENVELOPE, C_API, KMSCTL];
+
+/// The key every envelope row seals under.
+const KEY_NAME: &str = "peers/bench";
+/// The encryption context: peers.py's `CONTEXT` (two pairs).
+const CONTEXT: [(&str, &str); 2] = [("tenant", "acme"), ("purpose", "peer-bench")];
+
+/// Versions of the crates behind the rows, from the lockfile this binary was built with.
+const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
+
+#[derive(Parser)]
+#[command(
+    name = "peers-rust",
+    about = "Rust side of the peer harness: envelope, C ABI, kmsctl and raw aws-lc-rs seal/open \
+             throughput on one thread, as JSON lines (see benches/peers/README.md)"
+)]
+struct Cli {
+    /// JSON-lines output [default: target/peers/results-rust.jsonl of this checkout].
+    #[arg(long, env = "PEERS_OUT")]
+    out: Option<PathBuf>,
+    /// Smoke run: 1 KiB and 1 MiB, short durations (also PEERS_QUICK=1).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated impl names to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Comma-separated sizes in bytes (overrides the defaults).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Directory for kmsctl's files [default: `tmp` beside the output file, as for age].
+    #[arg(long)]
+    tmp: Option<PathBuf>,
+    /// The kmsctl binary [default: next to this executable].
+    #[arg(long, env = "PEERS_KMSCTL")]
+    kmsctl: Option<PathBuf>,
+    /// The kms-sidecar binary [default: next to this executable].
+    #[arg(long, env = "PEERS_KMS_SIDECAR")]
+    kms_sidecar: Option<PathBuf>,
+    /// Run id written into the meta line (run.sh sets it).
+    #[arg(long, env = "PEERS_RUN_ID", default_value = "")]
+    run_id: String,
+}
+
+// --------------------------------------------------------------------------- method
+
+/// Timing parameters: peers.py's `Method`.
+struct Method {
+    min_time: f64,
+    min_runs: usize,
+    min_runs_large: usize,
+    sample_target: f64,
+    warmup: f64,
+    max_wall: f64,
+    /// Sizes from here need only `min_runs_large` samples.
+    large: usize,
+    /// Inputs of one batch held in memory at most.
+    max_batch_bytes: usize,
+    max_runs: usize,
+}
+
+impl Method {
+    fn new(quick: bool) -> Self {
+        let (min_time, min_runs, sample_target, warmup, max_wall) =
+            if quick { (0.15, 3, 0.002, 0.02, 10.0) } else { (1.0, 5, 0.005, 0.2, 120.0) };
+        Self {
+            min_time,
+            min_runs,
+            min_runs_large: 3,
+            sample_target,
+            warmup,
+            max_wall,
+            large: 64 * MIB,
+            max_batch_bytes: 64 * MIB,
+            max_runs: 100_000,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "warm-up {} s; samples of >= {} ms (batched below that); repeat until >= {} s timed and >= {} samples \
+             (>= {} from {}); median per operation; fresh inputs from aws-lc-rs rand per sample; every output \
+             checked outside the timer; outputs freed outside the timer; one thread",
+            self.warmup,
+            self.sample_target * 1e3,
+            self.min_time,
+            self.min_runs,
+            self.min_runs_large,
+            human_size(self.large)
+        )
+    }
+}
+
+fn human_size(n: usize) -> String {
+    match n {
+        0 => "0 B".into(),
+        n if n >= MIB && n.is_multiple_of(MIB) => format!("{} MiB", n / MIB),
+        n if n >= KIB && n.is_multiple_of(KIB) => format!("{} KiB", n / KIB),
+        n => format!("{n} B"),
+    }
+}
+
+/// A check of an output against its input failed (reported as `CHECK FAILED`, like
+/// peers.py's `CheckFailed`).
+#[derive(Debug)]
+struct CheckFailed(String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+fn check_failed<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Box::new(CheckFailed(msg.into())))
+}
+
+fn require_equal(what: &str, i: usize, expected: &[u8], got: &[u8]) -> Result<()> {
+    if expected != got {
+        return check_failed(format!(
+            "{what}: output {i} differs from the original ({} bytes vs {} bytes)",
+            got.len(),
+            expected.len()
+        ));
+    }
+    Ok(())
+}
+
+/// One operation (seal or open) of one implementation, measured a batch at a time
+/// (peers.py's `*_prep`, `*_run`, `*_check`).
+trait Op {
+    /// What `run` needs beyond the plaintexts, and where it leaves its outputs.
+    type State;
+    /// Outside the timer: prepares the batch (for open: seals the plaintexts).
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Self::State>;
+    /// Timed: the operation once per plaintext of the batch.
+    fn run(&mut self, pts: &[Vec<u8>], st: &mut Self::State) -> Result<()>;
+    /// Outside the timer: checks every output against its plaintext (for seal: opens it).
+    fn check(&mut self, pts: &[Vec<u8>], st: Self::State) -> Result<()>;
+}
+
+/// `k` fresh random inputs of `size` bytes.
+fn random_inputs(size: usize, k: usize) -> Result<Vec<Vec<u8>>> {
+    (0..k)
+        .map(|_| {
+            let mut v = vec![0u8; size];
+            aws_lc_rs::rand::fill(&mut v)?;
+            Ok(v)
+        })
+        .collect()
+}
+
+/// One sample of `k` operations: seconds of the timed region.
+fn sample<O: Op>(op: &mut O, size: usize, k: usize) -> Result<f64> {
+    let pts = random_inputs(size, k)?;
+    let mut st = op.prep(&pts)?;
+    let t0 = Instant::now();
+    op.run(&pts, &mut st)?;
+    std::hint::black_box(&mut st);
+    let t = t0.elapsed().as_secs_f64();
+    // Checks, then frees the outputs: both outside the timer.
+    op.check(&pts, st)?;
+    Ok(t)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The result of one cell.
+struct Measured {
+    /// Median seconds per operation.
+    seconds: f64,
+    runs: usize,
+    batch: usize,
+    ops: usize,
+    timed_s: f64,
+    capped: bool,
+}
+
+/// peers.py's `measure`: correctness first, warm-up (which estimates the time per
+/// operation and so the batch), then samples until enough is timed; the median per op.
+fn measure<O: Op>(op: &mut O, size: usize, m: &Method) -> Result<Measured> {
+    sample(op, size, 1)?;
+    let mut est = Vec::new();
+    let warm_end = Instant::now() + Duration::from_secs_f64(m.warmup);
+    loop {
+        est.push(sample(op, size, 1)?);
+        if Instant::now() >= warm_end {
+            break;
+        }
+    }
+    let per_op = median(&mut est);
+    let batch = if per_op >= m.sample_target {
+        1
+    } else {
+        let b = (m.sample_target / per_op.max(1e-9)).ceil() as usize;
+        b.min(m.max_batch_bytes / size.max(1)).max(1)
+    };
+    let min_runs = if size >= m.large { m.min_runs_large } else { m.min_runs };
+    let mut samples = Vec::new();
+    let mut timed = 0.0;
+    let wall_end = Instant::now() + Duration::from_secs_f64(m.max_wall);
+    let mut capped = false;
+    loop {
+        let t = sample(op, size, batch)?;
+        samples.push(t / batch as f64);
+        timed += t;
+        if samples.len() >= min_runs && timed >= m.min_time {
+            break;
+        }
+        if samples.len() >= m.max_runs || Instant::now() >= wall_end {
+            capped = samples.len() < min_runs || timed < m.min_time;
+            break;
+        }
+    }
+    let runs = samples.len();
+    Ok(Measured { seconds: median(&mut samples), runs, batch, ops: runs * batch, timed_s: timed, capped })
+}
+
+// --------------------------------------------------------------------------- aws-lc-rs-raw
+
+/// Raw AES-256-GCM: one key, a nonce counter shared by seal and open so that no nonce
+/// repeats under the key.
+struct RawAead {
+    key: LessSafeKey,
+    counter: Cell<u64>,
+}
+
+impl RawAead {
+    fn new() -> Result<Self> {
+        let mut k = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut k)?;
+        Ok(Self { key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k)?), counter: Cell::new(0) })
+    }
+
+    fn nonces(&self, n: usize) -> Vec<[u8; NONCE_LEN]> {
+        (0..n)
+            .map(|_| {
+                let c = self.counter.get();
+                self.counter.set(c + 1);
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce[4..].copy_from_slice(&c.to_be_bytes());
+                nonce
+            })
+            .collect()
+    }
+
+    /// Ciphertext ‖ tag of each plaintext under fresh nonces, ready for `RawOpen::run`.
+    fn seal_all(&self, pts: &[Vec<u8>]) -> Result<RawOpenState> {
+        let nonces = self.nonces(pts.len());
+        let mut cts = Vec::with_capacity(pts.len());
+        for (n, p) in nonces.iter().zip(pts) {
+            let mut buf = Vec::with_capacity(p.len() + AES_256_GCM.tag_len());
+            buf.extend_from_slice(p);
+            self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(*n), Aad::empty(), &mut buf)?;
+            cts.push(buf);
+        }
+        Ok(RawOpenState { nonces, bufs: cts, lens: Vec::with_capacity(pts.len()) })
+    }
+
+    fn version() -> String {
+        format!("aws-lc-rs {} (aws-lc-sys {})", lock_version("aws-lc-rs"), lock_version("aws-lc-sys"))
+    }
+
+    fn note() -> String {
+        "raw aws-lc-rs AES-256-GCM (LessSafeKey::seal_in_place_separate_tag / open_in_place, in place, no \
+         output allocation), one fixed random key, distinct 12-byte nonces made outside the timer, no AAD; \
+         the per-core limit"
+            .into()
+    }
+}
+
+struct RawSeal<'a>(&'a RawAead);
+
+struct RawSealState {
+    nonces: Vec<[u8; NONCE_LEN]>,
+    /// Plaintext copies, encrypted in place by `run`.
+    bufs: Vec<Vec<u8>>,
+    tags: Vec<Tag>,
+}
+
+impl Op for RawSeal<'_> {
+    type State = RawSealState;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<RawSealState> {
+        Ok(RawSealState { nonces: self.0.nonces(pts.len()), bufs: pts.to_vec(), tags: Vec::with_capacity(pts.len()) })
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], st: &mut RawSealState) -> Result<()> {
+        let key = &self.0.key;
+        for (n, buf) in st.nonces.iter().zip(st.bufs.iter_mut()) {
+            st.tags.push(key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(*n), Aad::empty(), buf)?);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], st: RawSealState) -> Result<()> {
+        if st.tags.len() != pts.len() {
+            return check_failed(format!("{RAW}: {} outputs for {} inputs", st.tags.len(), pts.len()));
+        }
+        for (i, (((n, ct), tag), p)) in st.nonces.iter().zip(&st.bufs).zip(&st.tags).zip(pts).enumerate() {
+            let mut buf = ct.clone();
+            buf.extend_from_slice(tag.as_ref());
+            let Ok(opened) = self.0.key.open_in_place(Nonce::assume_unique_for_key(*n), Aad::empty(), &mut buf) else {
+                return check_failed(format!("{RAW}: seal output {i} did not open"));
+            };
+            require_equal(&format!("{RAW}: seal"), i, p, opened)?;
+        }
+        Ok(())
+    }
+}
+
+struct RawOpen<'a>(&'a RawAead);
+
+struct RawOpenState {
+    nonces: Vec<[u8; NONCE_LEN]>,
+    /// Ciphertext ‖ tag, decrypted in place by `run`.
+    bufs: Vec<Vec<u8>>,
+    /// Plaintext length of each, as `open_in_place` returned it.
+    lens: Vec<usize>,
+}
+
+impl Op for RawOpen<'_> {
+    type State = RawOpenState;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<RawOpenState> {
+        self.0.seal_all(pts)
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], st: &mut RawOpenState) -> Result<()> {
+        let key = &self.0.key;
+        for (n, buf) in st.nonces.iter().zip(st.bufs.iter_mut()) {
+            st.lens.push(key.open_in_place(Nonce::assume_unique_for_key(*n), Aad::empty(), buf)?.len());
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], st: RawOpenState) -> Result<()> {
+        if st.lens.len() != pts.len() {
+            return check_failed(format!("{RAW}: {} outputs for {} inputs", st.lens.len(), pts.len()));
+        }
+        for (i, ((buf, len), p)) in st.bufs.iter().zip(&st.lens).zip(pts).enumerate() {
+            require_equal(&format!("{RAW}: open"), i, p, &buf[..*len])?;
+        }
+        Ok(())
+    }
+}
+
+// --------------------------------------------------------------------------- cryptocore-envelope
+
+/// The envelope a user builds for a local keyring (crate docs of crypto-core): no data-key
+/// cache, so every seal generates and wraps a fresh data key and every open unwraps it.
+struct EnvelopeBench {
+    envelope: Envelope<LocalProvider>,
+    context: EncryptionContext,
+}
+
+impl EnvelopeBench {
+    fn new() -> Result<Self> {
+        let ring = Arc::new(Keyring::in_memory());
+        ring.create_key(KEY_NAME)?;
+        Ok(Self { envelope: Envelope::new(LocalProvider::new(ring)), context: CONTEXT.into_iter().collect() })
+    }
+
+    fn seal(&self, pt: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.envelope.seal(KEY_NAME, &self.context, pt)?)
+    }
+
+    fn open(&self, ct: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.envelope.open(&self.context, ct)?)
+    }
+
+    /// Opens a sealed message outside the timer, checking its header as well.
+    fn open_checked(&self, i: usize, ct: &[u8]) -> Result<Vec<u8>> {
+        let header = self.envelope.inspect(ct)?;
+        if header.key_name() != KEY_NAME || header.segment_size() != Some(DEFAULT_SEGMENT_SIZE) {
+            return check_failed(format!(
+                "{ENVELOPE}: seal output {i}: key {:?}, segment size {:?}; expected {KEY_NAME:?}, stream form of \
+                 {DEFAULT_SEGMENT_SIZE}",
+                header.key_name(),
+                header.segment_size()
+            ));
+        }
+        self.open(ct).or_else(|e| check_failed(format!("{ENVELOPE}: seal output {i} did not open: {e}")))
+    }
+
+    fn version() -> String {
+        format!(
+            "crypto-core {} (aws-lc-rs {}, aws-lc-sys {})",
+            env!("CARGO_PKG_VERSION"),
+            lock_version("aws-lc-rs"),
+            lock_version("aws-lc-sys")
+        )
+    }
+
+    fn note() -> String {
+        format!(
+            "crypto_core::envelope::Envelope::seal / Envelope::open: the one-shot calls for a whole message in \
+             memory, envelope v1 stream form with the default {} KiB segments (the compact form stops at 16 MiB), \
+             aws-lc backend, sequential on the calling thread (no bulk::cpu / rayon); LocalProvider over an \
+             in-memory Keyring, no data-key cache (a fresh data key generated and wrapped per seal, unwrapped per \
+             open; no CachingProvider); encryption context of two pairs; a new output Vec per message, as \
+             seal/open return it (allocated inside the timer, where the kernel also faults in fresh pages when the \
+             allocator has returned memory to it)",
+            DEFAULT_SEGMENT_SIZE as usize / KIB
+        )
+    }
+}
+
+struct EnvelopeSeal<'a>(&'a EnvelopeBench);
+
+impl Op for EnvelopeSeal<'_> {
+    type State = Vec<Vec<u8>>;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::with_capacity(pts.len()))
+    }
+
+    fn run(&mut self, pts: &[Vec<u8>], outs: &mut Vec<Vec<u8>>) -> Result<()> {
+        for p in pts {
+            outs.push(self.0.seal(p)?);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Vec<u8>>) -> Result<()> {
+        if outs.len() != pts.len() {
+            return check_failed(format!("{ENVELOPE}: {} outputs for {} inputs", outs.len(), pts.len()));
+        }
+        for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{ENVELOPE}: seal output did not open"), i, p, &self.0.open_checked(i, ct)?)?;
+        }
+        Ok(())
+    }
+}
+
+struct EnvelopeOpen<'a>(&'a EnvelopeBench);
+
+impl Op for EnvelopeOpen<'_> {
+    type State = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Self::State> {
+        let cts = pts.iter().map(|p| self.0.seal(p)).collect::<Result<Vec<_>>>()?;
+        Ok((cts, Vec::with_capacity(pts.len())))
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], (cts, outs): &mut Self::State) -> Result<()> {
+        for c in cts.iter() {
+            outs.push(self.0.open(c)?);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], (_, outs): Self::State) -> Result<()> {
+        if outs.len() != pts.len() {
+            return check_failed(format!("{ENVELOPE}: {} outputs for {} inputs", outs.len(), pts.len()));
+        }
+        for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{ENVELOPE}: open"), i, p, o)?;
+        }
+        Ok(())
+    }
+}
+
+// --------------------------------------------------------------------------- cryptocore-c-api
+
+/// The C ABI, called from Rust through the ffi crate's rlib. The only `unsafe` of the
+/// benches crate (its lint table denies `unsafe_code`; see benches/Cargo.toml).
+#[allow(unsafe_code)]
+mod c_api {
+    use std::ffi::CStr;
+    use std::ptr;
+
+    use cryptocore::{cryptocore_buffer, cryptocore_envelope, cryptocore_keyring, cryptocore_kv, cryptocore_status};
+
+    use super::Result;
+
+    /// `super::KEY_NAME` as a C string.
+    const KEY_NAME: &CStr = c"peers/bench";
+
+    /// A keyring with the bench key and a local envelope over it, freed on drop.
+    pub(super) struct CApi {
+        keyring: *mut cryptocore_keyring,
+        envelope: *mut cryptocore_envelope,
+        /// `super::CONTEXT` as C pairs (static strings).
+        context: [cryptocore_kv; 2],
+    }
+
+    /// Bytes returned by the library, freed (and zeroized) by `cryptocore_buffer_free` on
+    /// drop, outside the timer.
+    pub(super) struct Buffer(cryptocore_buffer);
+
+    impl Buffer {
+        fn empty() -> Self {
+            Self(cryptocore_buffer { data: ptr::null_mut(), len: 0, capacity: 0 })
+        }
+
+        pub(super) fn as_slice(&self) -> &[u8] {
+            if self.0.data.is_null() {
+                return &[];
+            }
+            // SAFETY: a buffer the library filled: `data` points to `len` initialised bytes
+            // that live until `cryptocore_buffer_free` (in `drop`, which needs `&mut self`).
+            unsafe { std::slice::from_raw_parts(self.0.data, self.0.len) }
+        }
+    }
+
+    impl Drop for Buffer {
+        fn drop(&mut self) {
+            // SAFETY: empty, or filled by the library and not freed since (freed only here).
+            unsafe { cryptocore::cryptocore_buffer_free(&mut self.0) }
+        }
+    }
+
+    fn status(s: cryptocore_status, what: &str) -> Result<()> {
+        if s == cryptocore_status::CRYPTOCORE_OK {
+            return Ok(());
+        }
+        let msg = cryptocore::cryptocore_last_error();
+        let msg = if msg.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a NUL-terminated string of the library, valid until the next failing
+            // call on this thread; copied at once.
+            unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        };
+        Err(format!("{what}: {s:?}: {msg}").into())
+    }
+
+    impl CApi {
+        pub(super) fn new() -> Result<Self> {
+            let context = [
+                cryptocore_kv { key: c"tenant".as_ptr(), value: c"acme".as_ptr() },
+                cryptocore_kv { key: c"purpose".as_ptr(), value: c"peer-bench".as_ptr() },
+            ];
+            let mut api = CApi { keyring: ptr::null_mut(), envelope: ptr::null_mut(), context };
+            // SAFETY: a valid out-pointer; `api` frees what it receives on any later error.
+            status(unsafe { cryptocore::cryptocore_keyring_new(&mut api.keyring) }, "cryptocore_keyring_new")?;
+            // SAFETY: a live keyring, a NUL-terminated name; `version` may be NULL.
+            let s =
+                unsafe { cryptocore::cryptocore_keyring_create_key(api.keyring, KEY_NAME.as_ptr(), ptr::null_mut()) };
+            status(s, "cryptocore_keyring_create_key")?;
+            // SAFETY: a live keyring and a valid out-pointer.
+            let s = unsafe { cryptocore::cryptocore_envelope_from_keyring(api.keyring, &mut api.envelope) };
+            status(s, "cryptocore_envelope_from_keyring")?;
+            Ok(api)
+        }
+
+        /// `cryptocore_encrypt` of `pt` under the bench key and context.
+        pub(super) fn seal(&self, pt: &[u8]) -> Result<Buffer> {
+            let mut out = Buffer::empty();
+            // SAFETY: a live envelope, a NUL-terminated key name, `context.len()` pairs of
+            // static strings, `pt.len()` readable bytes, a valid out-buffer.
+            let s = unsafe {
+                cryptocore::cryptocore_encrypt(
+                    self.envelope,
+                    KEY_NAME.as_ptr(),
+                    self.context.as_ptr(),
+                    self.context.len(),
+                    pt.as_ptr(),
+                    pt.len(),
+                    &mut out.0,
+                )
+            };
+            status(s, "cryptocore_encrypt")?;
+            Ok(out)
+        }
+
+        /// `cryptocore_decrypt` of `ct` with the bench context.
+        pub(super) fn open(&self, ct: &[u8]) -> Result<Buffer> {
+            let mut out = Buffer::empty();
+            // SAFETY: as in `seal`.
+            let s = unsafe {
+                cryptocore::cryptocore_decrypt(
+                    self.envelope,
+                    self.context.as_ptr(),
+                    self.context.len(),
+                    ct.as_ptr(),
+                    ct.len(),
+                    &mut out.0,
+                )
+            };
+            status(s, "cryptocore_decrypt")?;
+            Ok(out)
+        }
+
+        /// `cryptocore_version()`.
+        pub(super) fn library_version() -> String {
+            let v = cryptocore::cryptocore_version();
+            if v.is_null() {
+                return "?".into();
+            }
+            // SAFETY: a static NUL-terminated string of the library.
+            unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for CApi {
+        fn drop(&mut self) {
+            // SAFETY: NULL or live handles of the library, each freed once, envelope first.
+            unsafe {
+                cryptocore::cryptocore_envelope_free(self.envelope);
+                cryptocore::cryptocore_keyring_free(self.keyring);
+            }
+        }
+    }
+}
+
+use c_api::{Buffer, CApi};
+
+impl CApi {
+    fn version() -> String {
+        format!(
+            "libcryptocore {} (C ABI; crypto-core {}, aws-lc-rs {})",
+            CApi::library_version(),
+            env!("CARGO_PKG_VERSION"),
+            lock_version("aws-lc-rs")
+        )
+    }
+
+    fn note() -> String {
+        format!(
+            "the C ABI (ffi crate, through its rlib): cryptocore_keyring_new + cryptocore_keyring_create_key + \
+             cryptocore_envelope_from_keyring, then cryptocore_encrypt / cryptocore_decrypt, i.e. Envelope::seal / \
+             Envelope::open over LocalProvider (stream form, {} KiB segments, no data-key cache: a fresh data key \
+             per message), context as two cryptocore_kv pairs; output in a library-owned cryptocore_buffer per \
+             message, freed (zeroized) with cryptocore_buffer_free outside the timer",
+            DEFAULT_SEGMENT_SIZE as usize / KIB
+        )
+    }
+}
+
+struct CApiSeal<'a>(&'a CApi);
+
+impl Op for CApiSeal<'_> {
+    type State = Vec<Buffer>;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Buffer>> {
+        Ok(Vec::with_capacity(pts.len()))
+    }
+
+    fn run(&mut self, pts: &[Vec<u8>], outs: &mut Vec<Buffer>) -> Result<()> {
+        for p in pts {
+            outs.push(self.0.seal(p)?);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Buffer>) -> Result<()> {
+        if outs.len() != pts.len() {
+            return check_failed(format!("{C_API}: {} outputs for {} inputs", outs.len(), pts.len()));
+        }
+        for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
+            let opened = self
+                .0
+                .open(ct.as_slice())
+                .or_else(|e| check_failed(format!("{C_API}: seal output {i} did not open: {e}")))?;
+            require_equal(&format!("{C_API}: seal output did not open"), i, p, opened.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+struct CApiOpen<'a>(&'a CApi);
+
+impl Op for CApiOpen<'_> {
+    type State = (Vec<Buffer>, Vec<Buffer>);
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Self::State> {
+        let cts = pts.iter().map(|p| self.0.seal(p)).collect::<Result<Vec<_>>>()?;
+        Ok((cts, Vec::with_capacity(pts.len())))
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], (cts, outs): &mut Self::State) -> Result<()> {
+        for c in cts.iter() {
+            outs.push(self.0.open(c.as_slice())?);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], (_, outs): Self::State) -> Result<()> {
+        if outs.len() != pts.len() {
+            return check_failed(format!("{C_API}: {} outputs for {} inputs", outs.len(), pts.len()));
+        }
+        for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{C_API}: open"), i, p, o.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+// --------------------------------------------------------------------------- kmsctl
+
+/// A child process stopped (SIGTERM, then SIGKILL after 10 s) and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kmsctl` against a `kms-sidecar serve` of its own, in temporary directories.
+struct Kmsctl {
+    kmsctl: PathBuf,
+    endpoint: String,
+    version: String,
+    /// Stopped before the directories go.
+    _sidecar: Proc,
+    /// Input, ciphertext and output files (under the harness's tmp dir, like age's).
+    files: tempfile::TempDir,
+    /// The sidecar's data directory and socket (system temp dir: a short socket path).
+    _data: tempfile::TempDir,
+}
+
+/// A binary next to this executable unless given.
+fn sibling(given: Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name(name),
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release -p kms-sidecar --bins: the same profile as this binary) or \
+             pass {flag}",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// `argv` run to completion with its output captured; an error carrying its stderr unless
+/// it exits 0.
+fn must(mut cmd: Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if !out.status.success() {
+        return check_failed(format!("{what} exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(out)
+}
+
+impl Kmsctl {
+    fn start(kmsctl: PathBuf, sidecar: PathBuf, tmp_root: &Path) -> Result<Self> {
+        let data = tempfile::Builder::new().prefix("peers-kms-").tempdir()?;
+        let data_dir = data.path().join("kms");
+        let socket = data_dir.join("kms.sock");
+        let log_path = data.path().join("sidecar.log");
+        let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let child = Command::new(&sidecar)
+            .args(["serve", "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("KMS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{}: cannot start: {e}", sidecar.display()))?;
+        let mut proc = Proc(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = proc.0.try_wait()? {
+                return Err(format!(
+                    "kms-sidecar serve exited ({status}) before listening on {}: {}",
+                    socket.display(),
+                    log_tail(&log_path)
+                )
+                .into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kms-sidecar serve: no socket {} within 30 s: {}",
+                    socket.display(),
+                    log_tail(&log_path)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::create_dir_all(tmp_root).map_err(|e| format!("{}: {e}", tmp_root.display()))?;
+        let files = tempfile::Builder::new().prefix("kmsctl-").tempdir_in(tmp_root)?;
+        let version_of = |bin: &Path| -> Result<String> {
+            let mut c = Command::new(bin);
+            c.arg("--version");
+            Ok(String::from_utf8_lossy(&must(c, &format!("{} --version", bin.display()))?.stdout).trim().to_owned())
+        };
+        let version = format!("{} (kms-sidecar: {})", version_of(&kmsctl)?, version_of(&sidecar)?);
+        let k = Kmsctl {
+            kmsctl,
+            endpoint: format!("unix://{}", socket.display()),
+            version,
+            _sidecar: proc,
+            files,
+            _data: data,
+        };
+        let mut create = k.command("key");
+        create.args(["create", KEY_NAME]);
+        must(create, &format!("kmsctl key create {KEY_NAME}"))?;
+        Ok(k)
+    }
+
+    /// `kmsctl --endpoint … <sub>`, with no stray client settings from the environment.
+    fn command(&self, sub: &str) -> Command {
+        let mut c = Command::new(&self.kmsctl);
+        c.arg("--endpoint").arg(&self.endpoint).arg(sub);
+        for var in ["KMS_CA_CERT", "KMS_CLIENT_CERT", "KMS_CLIENT_KEY", "KMS_TOKEN"] {
+            c.env_remove(var);
+        }
+        c
+    }
+
+    fn with_context(mut c: Command) -> Command {
+        for (k, v) in CONTEXT {
+            c.arg("--context").arg(format!("{k}={v}"));
+        }
+        c
+    }
+
+    fn encrypt_cmd(&self, input: &Path, output: &Path) -> Command {
+        let mut c = self.command("encrypt");
+        c.args(["--key", KEY_NAME]);
+        let mut c = Self::with_context(c);
+        c.arg("--in").arg(input).arg("--out").arg(output);
+        c
+    }
+
+    fn decrypt_cmd(&self, input: &Path, output: &Path) -> Command {
+        let mut c = Self::with_context(self.command("decrypt"));
+        c.arg("--in").arg(input).arg("--out").arg(output);
+        c
+    }
+
+    /// Input, ciphertext and output file of batch slot `i`.
+    fn paths(&self, i: usize) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.files.path();
+        (d.join(format!("in-{i}.bin")), d.join(format!("ct-{i}.cce")), d.join(format!("out-{i}.bin")))
+    }
+
+    /// For the timed region: no stdio, as peers.py runs age.
+    fn quiet(mut c: Command) -> Command {
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    }
+
+    fn note() -> String {
+        format!(
+            "`kmsctl --endpoint unix://… encrypt --key K --context tenant=acme --context purpose=peer-bench --in in \
+             --out out` / `kmsctl … decrypt --context … --in ct --out out` on files in the page cache \
+             (target/peers/tmp), against `kms-sidecar serve` started by the harness (embedded default: SQLite, \
+             local root key, Unix socket) on the same core; the whole command is timed, so every figure includes \
+             process start, the gRPC connection and one data-key call to the sidecar (see the 0 B lines); \
+             streaming EncryptingWriter / DecryptingReader, {} KiB segments, output written atomically",
+            DEFAULT_SEGMENT_SIZE as usize / KIB
+        )
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::write(path, data).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", path.display()).into()),
+        _ => Ok(()),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).or_else(|e| check_failed(format!("{KMSCTL}: no output {}: {e}", path.display())))
+}
+
+/// Commands prepared outside the timer, and their exit statuses.
+struct KmsState {
+    cmds: Vec<Command>,
+    statuses: Vec<ExitStatus>,
+}
+
+fn run_commands(st: &mut KmsState) -> Result<()> {
+    for c in st.cmds.iter_mut() {
+        st.statuses.push(c.status()?);
+    }
+    Ok(())
+}
+
+struct KmsSeal<'a>(&'a Kmsctl);
+
+impl Op for KmsSeal<'_> {
+    type State = KmsState;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<KmsState> {
+        let mut cmds = Vec::with_capacity(pts.len());
+        for (i, p) in pts.iter().enumerate() {
+            let (src, ct, _) = self.0.paths(i);
+            write_file(&src, p)?;
+            remove_file(&ct)?;
+            cmds.push(Kmsctl::quiet(self.0.encrypt_cmd(&src, &ct)));
+        }
+        Ok(KmsState { cmds, statuses: Vec::with_capacity(pts.len()) })
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], st: &mut KmsState) -> Result<()> {
+        run_commands(st)
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], st: KmsState) -> Result<()> {
+        for (i, status) in st.statuses.iter().enumerate() {
+            if !status.success() {
+                let (src, ct, _) = self.0.paths(i);
+                must(self.0.encrypt_cmd(&src, &ct), "kmsctl encrypt")?; // rerun for the message
+                return check_failed(format!("kmsctl encrypt exited {status}"));
+            }
+        }
+        if st.statuses.len() != pts.len() {
+            return check_failed(format!("{KMSCTL}: {} outputs for {} inputs", st.statuses.len(), pts.len()));
+        }
+        for (i, p) in pts.iter().enumerate() {
+            let (_, ct, out) = self.0.paths(i);
+            remove_file(&out)?;
+            must(self.0.decrypt_cmd(&ct, &out), "kmsctl decrypt")?;
+            require_equal(&format!("{KMSCTL}: seal output did not open"), i, p, &read_file(&out)?)?;
+        }
+        Ok(())
+    }
+}
+
+struct KmsOpen<'a>(&'a Kmsctl);
+
+impl Op for KmsOpen<'_> {
+    type State = KmsState;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<KmsState> {
+        let mut cmds = Vec::with_capacity(pts.len());
+        for (i, p) in pts.iter().enumerate() {
+            let (src, ct, out) = self.0.paths(i);
+            write_file(&src, p)?;
+            remove_file(&ct)?;
+            must(self.0.encrypt_cmd(&src, &ct), "kmsctl encrypt")?;
+            remove_file(&out)?;
+            cmds.push(Kmsctl::quiet(self.0.decrypt_cmd(&ct, &out)));
+        }
+        Ok(KmsState { cmds, statuses: Vec::with_capacity(pts.len()) })
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], st: &mut KmsState) -> Result<()> {
+        run_commands(st)
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], st: KmsState) -> Result<()> {
+        for (i, status) in st.statuses.iter().enumerate() {
+            if !status.success() {
+                let (_, ct, out) = self.0.paths(i);
+                must(self.0.decrypt_cmd(&ct, &out), "kmsctl decrypt")?;
+                return check_failed(format!("kmsctl decrypt exited {status}"));
+            }
+        }
+        if st.statuses.len() != pts.len() {
+            return check_failed(format!("{KMSCTL}: {} outputs for {} inputs", st.statuses.len(), pts.len()));
+        }
+        for (i, p) in pts.iter().enumerate() {
+            require_equal(&format!("{KMSCTL}: open"), i, p, &read_file(&self.0.paths(i).2)?)?;
+        }
+        Ok(())
+    }
+}
+
+// --------------------------------------------------------------------------- output
+
+/// Versions from the Cargo.lock this binary was built with.
+fn lock_version(package: &str) -> String {
+    let needle = format!("name = \"{package}\"\nversion = \"");
+    CARGO_LOCK.find(&needle).and_then(|at| CARGO_LOCK[at + needle.len()..].split('"').next()).unwrap_or("?").to_owned()
+}
+
+/// What one row is: name, version and what was run.
+struct Row {
+    name: &'static str,
+    version: String,
+    note: String,
+    /// Whether it runs in this process (then this process must stay single-threaded).
+    in_process: bool,
+}
+
+/// The JSON-lines file, and the failures so far.
+struct Emitter {
+    out: BufWriter<File>,
+    quick: bool,
+    affinity: Vec<u32>,
+    failures: Vec<String>,
+}
+
+impl Emitter {
+    fn line(&mut self, v: Value) -> Result<()> {
+        writeln!(self.out, "{v}")?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn skip(&mut self, name: &str, e: &dyn std::error::Error) -> Result<()> {
+        eprintln!("peers-rust: SKIPPED {name}: {e}");
+        self.failures.push(format!("{name}: could not be set up ({e})"));
+        self.line(json!({"kind": "skip", "impl": name, "note": e.to_string()}))
+    }
+
+    /// Every cell of one row: seal and open at each size (for whole commands, first at
+    /// size 0: process start).
+    fn row<S: Op, O: Op>(&mut self, row: &Row, seal: &mut S, open: &mut O, sizes: &[usize], m: &Method) -> Result<()> {
+        self.line(json!({"kind": "version", "impl": row.name, "version": row.version, "note": row.note}))?;
+        let mut cells: Vec<(&str, usize)> = Vec::new();
+        if !row.in_process {
+            cells.extend([("seal", 0), ("open", 0)]);
+        }
+        cells.extend(sizes.iter().flat_map(|&s| [("seal", s), ("open", s)]));
+        for (op, size) in cells {
+            let r = if op == "seal" { measure(seal, size, m) } else { measure(open, size, m) };
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let what = if e.downcast_ref::<CheckFailed>().is_some() { "CHECK FAILED" } else { "ERROR" };
+                    eprintln!("peers-rust: {what} {} {op} {}: {e}", row.name, human_size(size));
+                    self.failures.push(format!("{} {op} {}: {what}: {e}", row.name, human_size(size)));
+                    self.line(json!({"kind": "error", "impl": row.name, "op": op, "size": size,
+                                     "note": format!("{what}: {e}")}))?;
+                    continue;
+                }
+            };
+            let gbps = size as f64 / r.seconds / 1e9;
+            let mut note = if size == 0 {
+                format!("process start + empty file: the start cost included in every {} figure", row.name)
+            } else {
+                row.note.clone()
+            };
+            if r.capped {
+                note.push_str(&format!("; stopped at the {} s wall-clock cap", m.max_wall));
+            }
+            self.line(json!({
+                "kind": "result",
+                "impl": row.name,
+                "op": op,
+                "size": size,
+                "gbps": (gbps * 1e6).round() / 1e6,
+                "runs": r.runs,
+                "note": note,
+                "seconds": r.seconds,
+                "batch": r.batch,
+                "ops": r.ops,
+                "timed_s": (r.timed_s * 1e4).round() / 1e4,
+                "version": row.version,
+                "quick": self.quick,
+                "affinity": self.affinity,
+            }))?;
+            let per = if r.seconds < 1e-3 {
+                format!("{:.2} µs", r.seconds * 1e6)
+            } else {
+                format!("{:.2} ms", r.seconds * 1e3)
+            };
+            eprintln!(
+                "  {:20} {op:4} {:>7}: {gbps:9.4} GB/s  ({per}/op, median of {} samples x {})",
+                row.name,
+                human_size(size),
+                r.runs,
+                r.batch
+            );
+        }
+        if row.in_process {
+            // Single-threaded means what it says: nothing (rayon, a cache refresher) may
+            // have started a thread behind the measurement's back.
+            let threads = threads()?;
+            if threads != 1 {
+                let msg = format!("{threads} threads in this process after the {} cells, not 1", row.name);
+                eprintln!("peers-rust: ERROR {msg}");
+                self.failures.push(msg.clone());
+                self.line(json!({"kind": "error", "impl": row.name, "op": "seal", "size": 0, "note": msg}))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Threads of this process (`/proc/self/status`).
+fn threads() -> Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "/proc/self/status: no Threads line".into())
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` of `/proc/self/status`).
+fn affinity() -> Result<Vec<u32>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .ok_or("/proc/self/status: no Cpus_allowed_list line")?;
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let bad = || format!("Cpus_allowed_list: cannot parse {part:?}");
+        let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().into())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Now in UTC, `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, H. Hinnant).
+fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+// --------------------------------------------------------------------------- main
+
+fn run(cli: Cli) -> Result<Vec<String>> {
+    let quick = cli.quick || std::env::var("PEERS_QUICK").is_ok_and(|v| v == "1");
+    let m = Method::new(quick);
+    let sizes: Vec<usize> = if !cli.sizes.is_empty() {
+        cli.sizes.clone()
+    } else if quick {
+        SIZES_QUICK.to_vec()
+    } else {
+        SIZES_FULL.to_vec()
+    };
+    if let Some(bad) = cli.only.iter().find(|n| !IMPLS.contains(&n.as_str())) {
+        return Err(format!("--only: unknown impl {bad:?} (known: {})", IMPLS.join(", ")).into());
+    }
+    let selected = |name: &str| cli.only.is_empty() || cli.only.iter().any(|n| n == name);
+    let out_path = cli.out.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("peers").join("results-rust.jsonl")
+    });
+    let out_dir = out_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let tmp_root = cli.tmp.clone().unwrap_or_else(|| out_dir.join("tmp"));
+    let affinity = affinity()?;
+    if affinity.len() != 1 {
+        eprintln!(
+            "peers-rust: WARNING: this process may run on CPUs {affinity:?}, not one core; use benches/peers/run.sh \
+             (taskset -c 0) for the published figures"
+        );
+    }
+    if quick {
+        eprintln!("peers-rust: --quick: smoke-run durations and sizes, not figures to publish");
+    }
+
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let mut partial = out_path.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut em = Emitter { out: BufWriter::new(file), quick, affinity: affinity.clone(), failures: Vec::new() };
+    em.line(json!({
+        "kind": "meta",
+        "source": "benches/src/bin/peers-rust.rs",
+        "run_id": cli.run_id,
+        "date": utc_now(),
+        "quick": quick,
+        "affinity": affinity,
+        "cpu": cpu_model(),
+        "method": m.describe(),
+    }))?;
+
+    if selected(RAW) {
+        match RawAead::new() {
+            Ok(raw) => {
+                let row = Row { name: RAW, version: RawAead::version(), note: RawAead::note(), in_process: true };
+                em.row(&row, &mut RawSeal(&raw), &mut RawOpen(&raw), &sizes, &m)?;
+            }
+            Err(e) => em.skip(RAW, e.as_ref())?,
+        }
+    }
+    if selected(ENVELOPE) {
+        match EnvelopeBench::new() {
+            Ok(env) => {
+                let row = Row {
+                    name: ENVELOPE,
+                    version: EnvelopeBench::version(),
+                    note: EnvelopeBench::note(),
+                    in_process: true,
+                };
+                em.row(&row, &mut EnvelopeSeal(&env), &mut EnvelopeOpen(&env), &sizes, &m)?;
+            }
+            Err(e) => em.skip(ENVELOPE, e.as_ref())?,
+        }
+    }
+    if selected(C_API) {
+        match CApi::new() {
+            Ok(api) => {
+                let row = Row { name: C_API, version: CApi::version(), note: CApi::note(), in_process: true };
+                em.row(&row, &mut CApiSeal(&api), &mut CApiOpen(&api), &sizes, &m)?;
+            }
+            Err(e) => em.skip(C_API, e.as_ref())?,
+        }
+    }
+    if selected(KMSCTL) {
+        let started = sibling(cli.kmsctl.clone(), "kmsctl", "--kmsctl / PEERS_KMSCTL").and_then(|kmsctl| {
+            let sidecar = sibling(cli.kms_sidecar.clone(), "kms-sidecar", "--kms-sidecar / PEERS_KMS_SIDECAR")?;
+            Kmsctl::start(kmsctl, sidecar, &tmp_root)
+        });
+        match started {
+            Ok(k) => {
+                let row = Row { name: KMSCTL, version: k.version.clone(), note: Kmsctl::note(), in_process: false };
+                em.row(&row, &mut KmsSeal(&k), &mut KmsOpen(&k), &sizes, &m)?;
+                eprintln!(
+                    "peers-rust: kmsctl figures are whole commands: they include process start (the 0 B lines are \
+                     that cost alone)"
+                );
+            }
+            Err(e) => em.skip(KMSCTL, e.as_ref())?,
+        }
+    }
+
+    em.out.flush()?;
+    drop(em.out);
+    std::fs::rename(&partial, &out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
+    eprintln!("peers-rust: wrote {}", out_path.display());
+    Ok(em.failures)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(failures) if failures.is_empty() => ExitCode::SUCCESS,
+        Ok(failures) => {
+            eprintln!("peers-rust: FAILED:\n  {}", failures.join("\n  "));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("peers-rust: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
