@@ -49,6 +49,7 @@ cargo test -q --workspace --benches --all-features
 step "sidecar load generator: short smoke run (real sidecar + echo server, debug build; figures in benches/RESULTS.md come from release builds)"
 cargo build -q --workspace --all-features --bins --examples
 "$target_dir/debug/kms-load" --concurrency 1,8 --seconds 0.5 --warmup 0.2 >/dev/null
+"$target_dir/debug/kms-load" rate --rate 200 --seconds 0.5 --warmup 0.2 >/dev/null
 
 step "library demo: filecrypt (the README main job is the sidecar; it is exercised by the kms-sidecar tests)"
 "$target_dir/debug/examples/filecrypt" demo
@@ -72,5 +73,8 @@ if ! "$py" -c 'import yaml' 2>/dev/null; then
   py="$venv/bin/python"
 fi
 "$py" deploy/check.py | tail -n 1
+
+step "fuzz smoke: every fuzz/ target for 20 s from its seeds (cargo-fuzz with RUSTC_BOOTSTRAP=1; says NOT RUN when cargo-fuzz is missing)"
+bash fuzz/smoke.sh
 
 step "all checks passed"
