@@ -190,6 +190,99 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// `seal_in_place` makes exactly the bytes `seal` makes for the same message (same
+    /// sealer, so same salt and keys), whatever the size, form and segment size, with and
+    /// without spare capacity; `open_in_place` turns them back into the plaintext, and a
+    /// flipped bit empties the buffer with an error.
+    #[test]
+    fn in_place_matches_out_of_place(len in prop_oneof![0usize..70, 0usize..5000, 60_000usize..140_000],
+                                     seg in prop_oneof![Just(None), (16u32..400).prop_map(Some), Just(Some(65536u32))],
+                                     entries in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..4),
+                                     reserve in any::<bool>(),
+                                     position in any::<proptest::sample::Index>(),
+                                     bit in 0u8..8) {
+        let (_, env) = setup(16, Backend::AwsLc);
+        let ctx: EncryptionContext = entries.into_iter().collect();
+        let pt = data(len);
+        let form = form_of(seg);
+        if form == Form::Compact && len > 20_000 {
+            return Ok(());
+        }
+        let sealer = env.sealer(KEY, &ctx, form).unwrap();
+        let expected = sealer.seal(&pt).unwrap();
+        let mut buf = pt.clone();
+        if reserve {
+            buf.reserve_exact(sealer.sealed_len(len).unwrap() - len);
+        }
+        let cap = buf.capacity();
+        sealer.seal_in_place(&mut buf).unwrap();
+        prop_assert_eq!(buf.len(), sealer.sealed_len(len).unwrap());
+        prop_assert!(buf == expected, "seal_in_place differs from seal");
+        if reserve {
+            prop_assert_eq!(buf.capacity(), cap, "reserving sealed_len avoided a reallocation");
+        }
+        let mut tampered = buf.clone();
+        env.open_in_place(&ctx, &mut buf).unwrap();
+        prop_assert!(buf == pt, "open_in_place did not give the plaintext back");
+
+        let byte = position.index(tampered.len());
+        tampered[byte] ^= 1 << bit;
+        let before = tampered.clone();
+        let e = env.open_in_place(&ctx, &mut tampered).unwrap_err();
+        // Refused in the header (buffer untouched) or in the body (buffer emptied).
+        prop_assert!(tampered.is_empty() || tampered == before, "{:?} left a partial buffer", e);
+    }
+}
+
+/// The in-place calls through `Envelope` (fresh data key each), and what they leave in the
+/// buffer on each kind of failure.
+#[test]
+fn envelope_in_place_round_trip_and_failures() {
+    let (ring, env) = setup(64, Backend::AwsLc);
+    for len in [0usize, 1, 63, 64, 65, 1000, 100_000] {
+        let pt = data(len);
+        let mut buf = pt.clone();
+        env.seal_in_place(KEY, &ctx(), &mut buf).unwrap();
+        assert_eq!(env.open(&ctx(), &buf).unwrap(), pt, "seal_in_place output opens with open ({len} bytes)");
+        let sealed = env.seal(KEY, &ctx(), &pt).unwrap();
+        let mut buf = sealed.clone();
+        env.open_in_place(&ctx(), &mut buf).unwrap();
+        assert_eq!(buf, pt, "open_in_place opens seal output ({len} bytes)");
+    }
+
+    let pt = data(1000);
+    let sealed = env.seal(KEY, &ctx(), &pt).unwrap();
+    // Wrong context and damaged header: refused before the body, the ciphertext is kept.
+    let other = EncryptionContext::new().with("tenant", "b");
+    let mut buf = sealed.clone();
+    assert!(matches!(env.open_in_place(&other, &mut buf), Err(EnvelopeError::HeaderAuthentication)));
+    assert_eq!(buf, sealed);
+    let mut buf = sealed[..10].to_vec();
+    assert!(env.open_in_place(&ctx(), &mut buf).is_err());
+    assert_eq!(buf, &sealed[..10]);
+    // Truncated by a whole segment and with trailing data: typed, buffer emptied.
+    let mut buf = sealed[..sealed.len() - (1000 % 64 + 16)].to_vec();
+    assert!(matches!(env.open_in_place(&ctx(), &mut buf), Err(EnvelopeError::Truncated)));
+    assert!(buf.is_empty());
+    let mut buf = [&sealed[..], &env.seal(KEY, &ctx(), &pt).unwrap()[..100]].concat();
+    assert!(env.open_in_place(&ctx(), &mut buf).is_err());
+    assert!(buf.is_empty());
+    // A tampered last segment after good ones: the plaintext already moved is wiped.
+    let mut buf = sealed.clone();
+    let last = buf.len() - 1;
+    buf[last] ^= 1;
+    assert!(matches!(env.open_in_place(&ctx(), &mut buf), Err(EnvelopeError::SegmentAuthentication { .. })));
+    assert!(buf.is_empty() && buf.capacity() >= sealed.len());
+    // A disabled key refuses sealing and leaves the plaintext where it was.
+    ring.disable(KEY).unwrap();
+    let mut buf = pt.clone();
+    assert!(env.seal_in_place(KEY, &ctx(), &mut buf).is_err());
+    assert_eq!(buf, pt);
+}
+
 #[test]
 fn every_single_bit_flip_is_rejected() {
     for (form, len) in [(Form::Stream { segment_size: 16 }, 40usize), (Form::Compact, 12)] {

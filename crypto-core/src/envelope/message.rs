@@ -87,6 +87,20 @@ impl MessageKeys {
         }
     }
 
+    /// Seals one segment in place (`in_out` holds its plaintext) and returns the tag.
+    pub(crate) fn seal_segment_in_place(&self, index: u32, last: bool, in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        // As in `seal_segment`: the backend cannot refuse a segment of a bounded size; a
+        // refusal would leave zeros, never plaintext, behind a zero tag that never opens.
+        match self.aead.seal_in_place(&self.nonce(index, last), &[], in_out) {
+            Ok(tag) => tag,
+            Err(_) => {
+                debug_assert!(false, "AES-GCM refused a bounded segment");
+                in_out.fill(0);
+                [0; TAG_LEN]
+            }
+        }
+    }
+
     /// Opens one segment (`ct ‖ tag`) into `out`; `out` is zeroized on failure.
     pub(crate) fn open_segment(&self, index: u32, last: bool, sealed: &[u8], out: &mut [u8]) -> bool {
         self.aead.open_to(&self.nonce(index, last), &[], sealed, out).is_ok()
@@ -202,6 +216,42 @@ impl MessageSealer {
         out[..h].copy_from_slice(&self.header_bytes);
         self.seal_body_into(plaintext, &mut out[h..], &geometry);
         Ok(())
+    }
+
+    /// Seals the plaintext held in `buf` in place: on return `buf` holds the whole message
+    /// (header ‖ body) and nothing of the plaintext.
+    ///
+    /// `buf` grows by the header and one 16-byte tag per segment
+    /// ([`MessageSealer::sealed_len`] tells the final length, so a caller can reserve it
+    /// and never reallocate). Each segment is moved to its place and encrypted there while
+    /// it is in cache, so the message costs about what raw AES-GCM in place costs, with no
+    /// second buffer. On `Err` (a plaintext too large for the form) `buf` is unchanged.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let pt_len = buf.len();
+        let geometry = Geometry::for_plaintext(self.segment_size(), pt_len)?;
+        let h = self.header_bytes.len();
+        buf.resize(h + geometry.body_len(pt_len), 0);
+        let (size, stride) = (geometry.segment_size, geometry.stride());
+        let n = geometry.segments as usize;
+        // Last segment first: segment i moves forward (to h + i·stride from i·size), over
+        // bytes of segments after it that were already sealed in their place, never over
+        // the plaintext of a segment before it (which ends at i·size ≤ h + i·stride).
+        for i in (0..n).rev() {
+            let src = i * size;
+            let len = pt_len.saturating_sub(src).min(size);
+            let dst = h + i * stride;
+            buf.copy_within(src..src + len, dst);
+            let tag = self.keys.seal_segment_in_place(i as u32, i + 1 == n, &mut buf[dst..dst + len]);
+            buf[dst + len..dst + len + TAG_LEN].copy_from_slice(&tag);
+        }
+        buf[..h].copy_from_slice(&self.header_bytes);
+        Ok(())
+    }
+
+    /// Length of the message that sealing `plaintext_len` bytes makes (header ‖ body).
+    pub fn sealed_len(&self, plaintext_len: usize) -> Result<usize, EnvelopeError> {
+        let geometry = Geometry::for_plaintext(self.segment_size(), plaintext_len)?;
+        Ok(self.header_bytes.len() + geometry.body_len(plaintext_len))
     }
 
     /// Seals the body into `body` (exactly `geometry.body_len` bytes).

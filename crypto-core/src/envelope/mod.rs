@@ -226,6 +226,19 @@ impl<P: KeyProvider> Envelope<P> {
         self.sealer_for(key_name, context, self.stream_form(), Some(plaintext.len()))?.seal_into(plaintext, out)
     }
 
+    /// Seals, in the stream form, the plaintext held in `buf`, in place: on return `buf`
+    /// holds the message. No second buffer and no copy of the whole plaintext: the fastest
+    /// way to seal a large object that may be overwritten. `buf` grows by the header and
+    /// 16 bytes per segment; on `Err` it is unchanged. See [`MessageSealer::seal_in_place`].
+    pub fn seal_in_place(
+        &self,
+        key_name: &str,
+        context: &impl ContextEncoding,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        self.sealer_for(key_name, context, self.stream_form(), Some(buf.len()))?.seal_in_place(buf)
+    }
+
     /// Seals `plaintext` (at most 16 MiB) in the compact single-segment form.
     pub fn seal_compact(
         &self,
@@ -296,6 +309,21 @@ impl<P: KeyProvider> Envelope<P> {
         let (header, header_len) = Header::parse(ciphertext)?;
         let keys = self.open_header(&header, context)?;
         open_body(&keys, &header, &ciphertext[header_len..], out)
+    }
+
+    /// Opens the message held in `buf` in place: on success `buf` holds the plaintext.
+    ///
+    /// All or nothing, like [`Envelope::open`]. When the header, the key or the context is
+    /// refused, `buf` is unchanged. When a segment fails to authenticate (tampering,
+    /// truncation, trailing data) the plaintext already written over the front of `buf` is
+    /// zeroized and `buf` is left empty: the ciphertext is consumed, so keep a copy if it is
+    /// needed after a failure. Each segment is decrypted into a segment-sized scratch
+    /// buffer (zeroized on drop) and then moved to its place, so no unauthenticated
+    /// plaintext is ever in `buf`.
+    pub fn open_in_place(&self, context: &impl ContextEncoding, buf: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let (header, header_len) = Header::parse(buf)?;
+        let keys = self.open_header(&header, context)?;
+        open_body_in_place(&keys, &header, header_len, buf)
     }
 
     /// Opens only segment `index` of a message held in memory, without decrypting the
@@ -475,6 +503,38 @@ pub(crate) fn open_body_into(
     {
         keys.open_segment_checked(i as u32, i as u64 + 1 == n, sealed, pt)?;
     }
+    Ok(())
+}
+
+/// Opens the body that follows the `header_len` header bytes of `buf`, in place (see
+/// [`Envelope::open_in_place`]). `buf` is unchanged when the body's geometry is refused,
+/// zeroized and emptied when a segment is.
+pub(crate) fn open_body_in_place(
+    keys: &MessageKeys,
+    header: &Header,
+    header_len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), EnvelopeError> {
+    let body_len = buf.len() - header_len;
+    let geometry = Geometry::for_body(header.segment_size().map(|s| s as usize), body_len)?;
+    let pt_len = geometry.plaintext_len(body_len);
+    let (size, stride) = (geometry.segment_size, geometry.stride());
+    let n = geometry.segments as usize;
+    let mut scratch = zeroize::Zeroizing::new(vec![0u8; size.min(pt_len)]);
+    // Segment i moves back (to i·size from header_len + i·stride): over bytes of segments
+    // before it, already opened and moved, never over the ciphertext of a segment after it.
+    for i in 0..n {
+        let src = header_len + i * stride;
+        let end = (src + stride).min(buf.len());
+        let len = end - src - TAG_LEN;
+        if let Err(e) = keys.open_segment_checked(i as u32, i + 1 == n, &buf[src..end], &mut scratch[..len]) {
+            zeroize::Zeroize::zeroize(buf);
+            buf.clear();
+            return Err(e);
+        }
+        buf[i * size..i * size + len].copy_from_slice(&scratch[..len]);
+    }
+    buf.truncate(pt_len);
     Ok(())
 }
 

@@ -153,8 +153,31 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
-fn odt(t: SystemTime) -> OffsetDateTime {
-    OffsetDateTime::from(t)
+fn time_out_of_range() -> PkiError {
+    PkiError::InvalidValidity("a time outside what X.509 can encode (years 1 to 9999)".into())
+}
+
+/// `t` as an X.509 time, or a typed error outside years 1 to 9999 (`OffsetDateTime::from`
+/// would panic there).
+fn odt(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
+    let nanos = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i128::try_from(d.as_nanos()).ok(),
+        Err(e) => i128::try_from(e.duration().as_nanos()).ok().map(|n| -n),
+    };
+    nanos
+        .and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .filter(|d| (1..=9999).contains(&d.year()))
+        .ok_or_else(time_out_of_range)
+}
+
+/// The validity of a certificate issued at `now` for `ttl`: `[now - backdate(ttl), now + ttl]`,
+/// both ends checked to be encodable.
+fn validity(now: SystemTime, ttl: Duration) -> Result<(SystemTime, SystemTime), PkiError> {
+    let not_before = now.checked_sub(backdate(ttl)).ok_or_else(time_out_of_range)?;
+    let not_after = now.checked_add(ttl).ok_or_else(time_out_of_range)?;
+    odt(not_before)?;
+    odt(not_after)?;
+    Ok((not_before, not_after))
 }
 
 fn ca_params(options: &CaOptions, now: SystemTime) -> Result<CertificateParams, PkiError> {
@@ -176,8 +199,9 @@ fn ca_params(options: &CaOptions, now: SystemTime) -> Result<CertificateParams, 
         None => BasicConstraints::Unconstrained,
     });
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.not_before = odt(now - backdate(options.ttl));
-    params.not_after = odt(now + options.ttl);
+    let (not_before, not_after) = validity(now, options.ttl)?;
+    params.not_before = odt(not_before)?;
+    params.not_after = odt(not_after)?;
     params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
@@ -202,7 +226,12 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(options.key_type)?;
         let params = ca_params(options, now)?;
         let cert = params.self_signed(key.pair()).map_err(rcgen_err)?;
-        Ok(Self { cert_der: cert.der().to_vec(), parents_der: Vec::new(), key, not_after: now + options.ttl })
+        Ok(Self {
+            cert_der: cert.der().to_vec(),
+            parents_der: Vec::new(),
+            key,
+            not_after: validity(now, options.ttl)?.1,
+        })
     }
 
     /// A new intermediate CA signed by this one. Its lifetime may not exceed this CA's.
@@ -215,7 +244,7 @@ impl CertificateAuthority {
         let cert = params.signed_by(key.pair(), &self.issuer()?).map_err(rcgen_err)?;
         let mut parents_der = vec![self.cert_der.clone()];
         parents_der.extend(self.parents_der.iter().cloned());
-        Ok(Self { cert_der: cert.der().to_vec(), parents_der, key, not_after: now + options.ttl })
+        Ok(Self { cert_der: cert.der().to_vec(), parents_der, key, not_after: validity(now, options.ttl)?.1 })
     }
 
     /// A CA from its certificate, the certificates above it (nearest first, up to the root)
@@ -382,8 +411,9 @@ impl CertificateAuthority {
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         };
-        params.not_before = odt(now - backdate(ttl));
-        params.not_after = odt(now + ttl);
+        let (not_before, not_after) = validity(now, ttl)?;
+        params.not_before = odt(not_before)?;
+        params.not_after = odt(not_after)?;
         let serial = Serial::random();
         params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
         params.use_authority_key_identifier_extension = true;
@@ -399,6 +429,7 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(request.key_type)?;
         let cert = params.signed_by(key.pair(), &self.issuer()?).map_err(rcgen_err)?;
         let der = cert.der().to_vec();
+        let (not_before, not_after) = validity(now, request.ttl)?;
         Ok(IssuedCertificate {
             serial,
             chain_pem: self.chain_pem(&der),
@@ -406,8 +437,8 @@ impl CertificateAuthority {
             private_key: Some(key),
             common_name: request.common_name.clone(),
             sans: request.sans.clone(),
-            not_before: now - backdate(request.ttl),
-            not_after: now + request.ttl,
+            not_before,
+            not_after,
         })
     }
 
@@ -486,6 +517,7 @@ impl CertificateAuthority {
             .map_err(|e| PkiError::UnsupportedKey(format!("CSR key: {e}")))?;
         let cert = params.signed_by(&spki, &self.issuer()?).map_err(rcgen_err)?;
         let der = cert.der().to_vec();
+        let (not_before, not_after) = validity(now, ttl)?;
         Ok(IssuedCertificate {
             serial,
             chain_pem: self.chain_pem(&der),
@@ -493,8 +525,8 @@ impl CertificateAuthority {
             private_key: None,
             common_name,
             sans,
-            not_before: now - backdate(ttl),
-            not_after: now + ttl,
+            not_before,
+            not_after,
         })
     }
 
@@ -512,19 +544,23 @@ impl CertificateAuthority {
         }
         let params = CertificateRevocationListParams {
             // Back-dated like certificates, so a verifier with a slightly slow clock accepts it.
-            this_update: odt(this_update - backdate(next_update.duration_since(this_update).unwrap_or_default())),
-            next_update: odt(next_update),
+            this_update: odt(this_update
+                .checked_sub(backdate(next_update.duration_since(this_update).unwrap_or_default()))
+                .ok_or_else(time_out_of_range)?)?,
+            next_update: odt(next_update)?,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
-                .map(|r| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
-                    revocation_time: odt(r.revoked_at),
-                    reason_code: Some(r.reason.to_rcgen()),
-                    invalidity_date: None,
+                .map(|r| {
+                    Ok(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
+                        revocation_time: odt(r.revoked_at)?,
+                        reason_code: Some(r.reason.to_rcgen()),
+                        invalidity_date: None,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, PkiError>>()?,
             key_identifier_method: KeyIdMethod::Sha256,
         };
         Ok(params.signed_by(&self.issuer()?).map_err(rcgen_err)?.der().to_vec())
@@ -587,5 +623,76 @@ fn key_kind(key: &x509_parser::public_key::PublicKey<'_>) -> &'static str {
         PublicKey::DSA(_) => "DSA",
         PublicKey::GostR3410(_) | PublicKey::GostR3410_2012(_) => "GOST",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    /// 10000-01-01T00:00:00Z, the first instant X.509 cannot encode.
+    const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
+
+    fn root(now: SystemTime) -> CertificateAuthority {
+        let mut options = CaOptions::new("Test Root");
+        options.key_type = KeyType::EcdsaP256;
+        options.ttl = 365 * DAY;
+        CertificateAuthority::new_root(&options, now).unwrap()
+    }
+
+    fn is_out_of_range(e: &PkiError) -> bool {
+        matches!(e, PkiError::InvalidValidity(m) if m.contains("years 1 to 9999"))
+    }
+
+    #[test]
+    fn odt_accepts_the_encodable_range_and_refuses_beyond_it() {
+        assert_eq!(odt(UNIX_EPOCH).unwrap().unix_timestamp(), 0);
+        let last = UNIX_EPOCH + YEAR_10000 - Duration::from_secs(1);
+        assert_eq!(odt(last).unwrap().year(), 9999);
+        assert!(is_out_of_range(&odt(UNIX_EPOCH + YEAR_10000).unwrap_err()));
+        // Before the epoch is fine down to year 1, refused below it.
+        assert_eq!(odt(UNIX_EPOCH - 365 * DAY).unwrap().year(), 1969);
+        assert!(is_out_of_range(&odt(UNIX_EPOCH - Duration::from_secs(62_200_000_000)).unwrap_err()));
+    }
+
+    /// A revocation or update time past 9999 (a damaged record, a clock gone wrong) is a
+    /// typed error, not a panic in the `time` crate (found by fuzzing the sidecar's GetCrl).
+    #[test]
+    fn crl_with_times_past_9999_is_an_error_not_a_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ca = root(now);
+        let far = UNIX_EPOCH + YEAR_10000 + DAY;
+        let revoked =
+            |at| [Revocation { serial: Serial::random(), reason: RevocationReason::KeyCompromise, revoked_at: at }];
+        assert!(is_out_of_range(&ca.crl(&revoked(far), 1, now, now + DAY).unwrap_err()));
+        assert!(is_out_of_range(&ca.crl(&revoked(now), 1, now, far).unwrap_err()));
+        assert!(is_out_of_range(&ca.crl(&[], 1, far, far + DAY).unwrap_err()));
+        // And the same CA still makes a good CRL afterwards.
+        assert!(!ca.crl(&revoked(now), 2, now, now + DAY).unwrap().is_empty());
+    }
+
+    #[test]
+    fn certificates_ending_past_9999_are_refused() {
+        let late = UNIX_EPOCH + YEAR_10000 - 30 * DAY;
+        let mut options = CaOptions::new("Late Root");
+        options.key_type = KeyType::EcdsaP256;
+        options.ttl = 365 * DAY;
+        assert!(is_out_of_range(&CertificateAuthority::new_root(&options, late).unwrap_err()));
+
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ca = root(now);
+        let request = LeafRequest {
+            common_name: "web.example".into(),
+            sans: vec![SubjectAltName::Dns("web.example".into())],
+            key_type: KeyType::EcdsaP256,
+            ttl: 30 * DAY,
+            usage: Usage::Server,
+        };
+        assert!(ca.issue(&request, now).is_ok());
+        // Issued at a time whose end cannot be encoded: refused, whatever the CA's own expiry check says.
+        assert!(ca.issue(&request, late).is_err());
     }
 }
