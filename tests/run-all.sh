@@ -47,9 +47,14 @@ step "benchmarks compile and run once in test mode"
 cargo test -q --workspace --benches --all-features
 
 step "sidecar load generator: short smoke run (real sidecar + echo server, debug build; figures in benches/RESULTS.md come from release builds)"
-cargo build -q --workspace --all-features --bins --examples
+cargo build -q --workspace --all-features --lib --bins --examples
 "$target_dir/debug/kms-load" --concurrency 1,8 --seconds 0.5 --warmup 0.2 >/dev/null
 "$target_dir/debug/kms-load" rate --rate 200 --seconds 0.5 --warmup 0.2 >/dev/null
+
+step "peer harness: the C ABI bench (benches/peers/c_api_bench.c) builds against libcryptocore.so and runs one quick cell"
+gcc -std=c11 -O2 -Wall -Wextra -Werror -I ffi/include benches/peers/c_api_bench.c \
+  -L "$target_dir/debug" "-Wl,-rpath,$(cd "$target_dir/debug" && pwd)" -lcryptocore -lm -o "$target_dir/c_api_bench"
+"$target_dir/c_api_bench" --quick --sizes 1024 --out "$target_dir/c_api_bench.jsonl" >/dev/null
 
 step "library demo: filecrypt (the README main job is the sidecar; it is exercised by the kms-sidecar tests)"
 "$target_dir/debug/examples/filecrypt" demo

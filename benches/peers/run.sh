@@ -14,8 +14,13 @@
 #   PEERS_SKIP_INSTALL=1  use the venv and age as they are (no pip, no apt-get)
 #   PYTHON=python3.11   interpreter that creates the venv (default python3)
 #   PEERS_RUST_BUILD / PEERS_RUST_CMD   the Rust side (see run_rust_side below); default:
-#                       build and run target/release/peers-rust; set to "" to skip
-#                       (PEERS_RUST_CMD="") or not to build (PEERS_RUST_BUILD="")
+#                       build (with libcryptocore.so) and run target/release/peers-rust;
+#                       set to "" to skip (PEERS_RUST_CMD="") or not to build (PEERS_RUST_BUILD="")
+#   PEERS_C_BUILD / PEERS_C_CMD   the C side, the cryptocore-c-api row (see run_c_side
+#                       below); default: gcc -O2 benches/peers/c_api_bench.c into
+#                       target/peers/c_api_bench and run it; "" to skip (PEERS_C_CMD="")
+#                       or not to build (PEERS_C_BUILD="")
+#   CC=gcc              the C compiler of the default C build
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,7 +34,7 @@ PYTHON=${PYTHON:-python3}
 QUICK=${PEERS_QUICK:-0}
 REPORT_ARGS=()
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 for arg in "$@"; do
     case "$arg" in
@@ -105,7 +110,7 @@ export PEERS_CORE="$CORE"
 QUICK_ARGS=()
 [[ "$QUICK" == 1 ]] && QUICK_ARGS=(--quick)
 
-# The Rust side (this project's library, its C ABI, `kmsctl encrypt`, raw aws-lc-rs).
+# The Rust side (this project's library, `kmsctl encrypt`, raw aws-lc-rs).
 # Contract for the binary that will measure it:
 #   * built here, unpinned, by PEERS_RUST_BUILD (e.g. a cargo build --release of it);
 #   * run here by PEERS_RUST_CMD under `taskset -c $PEERS_CORE`, with PEERS_OUT,
@@ -114,34 +119,98 @@ QUICK_ARGS=()
 #   * writes JSON lines to $PEERS_OUT (target/peers/results-rust.jsonl): one
 #     {"kind":"meta","source":...,"run_id":$PEERS_RUN_ID,"date":...,"quick":...,
 #     "affinity":[...]} line, then one line per cell
-#     {"impl":"cryptocore-envelope"|"cryptocore-c-api"|"kmsctl"|"aws-lc-rs-raw",
+#     {"impl":"cryptocore-envelope"|"cryptocore-envelope-into"|"kmsctl"|"aws-lc-rs-raw",
 #      "op":"seal"|"open","size":bytes,"gbps":10^9 B/s,"runs":n,"note":"...",
 #      "version":"..."} and, for kmsctl, size-0 lines with "seconds" (process start).
 # That binary is benches/src/bin/peers-rust.rs; it finds kms-sidecar and kmsctl next to
-# itself (PEERS_KMS_SIDECAR / PEERS_KMSCTL override). The defaults below build the three
-# (release profile, not pinned) and run it; set either variable to override it, or to ""
-# to skip that step.
+# itself (PEERS_KMS_SIDECAR / PEERS_KMSCTL override). The defaults below build the three,
+# and libcryptocore.so for the C side (release profile, not pinned; one cargo invocation:
+# the ffi crate built on its own would get other features and rebuild half the tree), and
+# run it; set either variable to override it, or to "" to skip that step.
 RUST_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-DEFAULT_RUST_BUILD="cargo build --release -p cryptocore-benches --bin peers-rust -p kms-sidecar --bin kms-sidecar --bin kmsctl"
+DEFAULT_RUST_BUILD="cargo build --release -p cryptocore-benches --bin peers-rust -p kms-sidecar --bin kms-sidecar --bin kmsctl -p cryptocore-ffi --lib"
 DEFAULT_RUST_CMD="$RUST_TARGET_DIR/release/peers-rust"
 run_rust_side() {
     local build=${PEERS_RUST_BUILD-$DEFAULT_RUST_BUILD} cmd=${PEERS_RUST_CMD-$DEFAULT_RUST_CMD}
     if [[ -z "$cmd" ]]; then
         loud "Rust side skipped (PEERS_RUST_CMD is empty): no cryptocore-envelope," \
-             "cryptocore-c-api, kmsctl or aws-lc-rs-raw rows; ratios are to cryptography-aesgcm."
+             "cryptocore-envelope-into, kmsctl or aws-lc-rs-raw rows; ratios are to cryptography-aesgcm."
         return 0
     fi
     if [[ -n "$build" ]]; then
         say "Rust side: build ($build)"
         # `|| return`: errexit does not apply inside a function called from `run_rust_side || …`.
+        RUST_BUILD=failed
         bash -c "$build" >&2 || { echo "run.sh: the Rust side's build failed" >&2; return 1; }
+        RUST_BUILD=ok
     fi
     say "Rust side: measure on core $CORE ($cmd)"
     PEERS_OUT="$ROOT/$OUTDIR/results-rust.jsonl" taskset -c "$CORE" bash -c "$cmd" >&2
 }
 
+# The C side: the `cryptocore-c-api` row, the C ABI as a C caller gets it.
+# benches/peers/c_api_bench.c measures it with peers-rust's method and writes the same
+# JSON lines (impl "cryptocore-c-api") to $PEERS_OUT (target/peers/results-c.jsonl).
+#   * built here, unpinned, by PEERS_C_BUILD; the default (build_c_side) runs
+#     $CC -std=c11 -O2 against ffi/include/cryptocore.h and the libcryptocore.so of the
+#     Rust side's build ($RUST_TARGET_DIR/release, found at run time through the rpath)
+#     into target/peers/c_api_bench;
+#   * run here by PEERS_C_CMD under `taskset -c $PEERS_CORE`, with PEERS_OUT, PEERS_QUICK
+#     and PEERS_RUN_ID in its environment, like the Rust side.
+# A missing compiler or library is a loud failure of the run, as a failed Rust side is.
+CC=${CC:-gcc}
+case "$RUST_TARGET_DIR" in
+    /*) C_LIB_DIR="$RUST_TARGET_DIR/release" ;;
+    *) C_LIB_DIR="$ROOT/$RUST_TARGET_DIR/release" ;;
+esac
+DEFAULT_C_CMD="$OUTDIR/c_api_bench"
+RUST_BUILD=not-run   # set by run_rust_side: ok | failed
+build_c_side() {
+    if ! command -v "$CC" >/dev/null; then
+        loud "The C compiler '$CC' is NOT installed: no cryptocore-c-api row." \
+             "Install gcc (apt-get install gcc), set CC, or skip the C side with PEERS_C_CMD=\"\"."
+        return 1
+    fi
+    if [[ ! -f "$C_LIB_DIR/libcryptocore.so" ]]; then
+        loud "$C_LIB_DIR/libcryptocore.so NOT found: no cryptocore-c-api row." \
+             "The Rust side's default build makes it (cargo build --release ... -p cryptocore-ffi --lib)."
+        return 1
+    fi
+    case "$RUST_BUILD" in
+        failed)
+            loud "The Rust side's build failed: not measuring a possibly stale $C_LIB_DIR/libcryptocore.so."
+            return 1 ;;
+        not-run)
+            echo "run.sh: note: libcryptocore.so not rebuilt in this run (PEERS_RUST_BUILD or PEERS_RUST_CMD" \
+                 "empty); using the one from $(date -r "$C_LIB_DIR/libcryptocore.so" '+%F %T')" >&2 ;;
+    esac
+    local awslc
+    awslc=$(awk '$0 == "name = \"aws-lc-rs\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' Cargo.lock)
+    local cmd=("$CC" -std=c11 -O2 -Wall -Wextra -Werror -I ffi/include "-DPEERS_AWS_LC_RS_VERSION=\"${awslc:-?}\""
+               "$HERE/c_api_bench.c" -L "$C_LIB_DIR" "-Wl,-rpath,$C_LIB_DIR" -lcryptocore -lm -o "$OUTDIR/c_api_bench")
+    echo "${cmd[*]}" >&2
+    "${cmd[@]}" >&2
+}
+run_c_side() {
+    local cmd=${PEERS_C_CMD-$DEFAULT_C_CMD}
+    if [[ -z "$cmd" ]]; then
+        loud "C side skipped (PEERS_C_CMD is empty): no cryptocore-c-api row."
+        return 0
+    fi
+    if [[ -z "${PEERS_C_BUILD+set}" ]]; then
+        say "C side: build"
+        build_c_side || { echo "run.sh: the C side's build failed" >&2; return 1; }
+    elif [[ -n "$PEERS_C_BUILD" ]]; then
+        say "C side: build ($PEERS_C_BUILD)"
+        bash -c "$PEERS_C_BUILD" >&2 || { echo "run.sh: the C side's build failed" >&2; return 1; }
+    fi
+    say "C side: measure on core $CORE ($cmd)"
+    PEERS_OUT="$ROOT/$OUTDIR/results-c.jsonl" taskset -c "$CORE" bash -c "$cmd" >&2
+}
+
 status=0
 run_rust_side || { echo "run.sh: the Rust side failed" >&2; status=1; }
+run_c_side || { echo "run.sh: the C side failed" >&2; status=1; }
 
 say "Python peers and age on core $CORE${QUICK_ARGS:+ (quick)}"
 taskset -c "$CORE" "$VENV/bin/python" "$HERE/peers.py" "${QUICK_ARGS[@]}" "${AGE_ARGS[@]}" \

@@ -34,6 +34,26 @@
 //! assert_eq!(envelope.open(&ctx, &sealed)?, b"hello");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! For throughput, pick the call by who owns the memory (figures: `benches/RESULTS.md`):
+//! `seal`/`open` return a new `Vec` per message, which costs an allocation and, for large
+//! messages, fresh pages from the kernel; `seal_into`/`open_into` reuse the caller's output
+//! buffer; `seal_in_place`/`open_in_place` turn the caller's buffer from plaintext into
+//! message and back with no second buffer, as fast as raw AES-GCM in place.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use crypto_core::{envelope::{EncryptionContext, Envelope}, keys::Keyring, provider::LocalProvider};
+//! # let keyring = Arc::new(Keyring::in_memory());
+//! # keyring.create_key("tenant-a/files")?;
+//! # let envelope = Envelope::new(LocalProvider::new(keyring));
+//! # let ctx = EncryptionContext::new().with("tenant", "a");
+//! let mut buf = b"a large object".to_vec();
+//! envelope.seal_in_place("tenant-a/files", &ctx, &mut buf)?; // buf: the message
+//! envelope.open_in_place(&ctx, &mut buf)?; // buf: the plaintext again
+//! assert_eq!(buf, b"a large object");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![cfg_attr(not(feature = "gpu"), forbid(unsafe_code))]
 

@@ -11,8 +11,14 @@
 //!   default 64 KiB segments) over a `LocalProvider` on an in-memory `Keyring`, a fresh
 //!   data key per message, an encryption context of two pairs. Sequential on the calling
 //!   thread: no `bulk::cpu` (rayon), no cache refresh thread.
-//! * `cryptocore-c-api`: the same through `cryptocore_encrypt` / `cryptocore_decrypt` of
-//!   the `ffi` crate, called through its rlib.
+//! * `cryptocore-envelope-in-place`: the same messages through `Envelope::seal_in_place` /
+//!   `Envelope::open_in_place` on a buffer that holds the plaintext (the ciphertext), made
+//!   outside the timer exactly as the raw row makes its buffers: the envelope measured
+//!   under the raw row's conditions.
+//! * `cryptocore-envelope-into`: the same messages through `Envelope::seal_into` /
+//!   `Envelope::open_into`, the calls for a caller that reuses its output buffers: one
+//!   buffer per message of a batch, kept between samples (as the raw row keeps its
+//!   buffers), so neither allocation nor fresh pages are timed.
 //! * `kmsctl`: `kmsctl encrypt` / `kmsctl decrypt` on files, the whole command timed like
 //!   peers.py times `age`, against a `kms-sidecar serve` that this binary starts (embedded
 //!   default: SQLite, local root key, Unix socket). The size-0 lines are process start on
@@ -23,6 +29,9 @@
 //! timed output checked outside the timer; warm-up; batches so a sample lasts at least
 //! 5 ms; samples until at least 1 s is timed and at least 5 samples (3 from 64 MiB);
 //! median per operation; GB/s = 10^9 bytes of plaintext per second.
+//!
+//! The `cryptocore-c-api` row (the C ABI) is measured not here but by a C program with the
+//! same method, `benches/peers/c_api_bench.c`, which writes the same JSON lines.
 //!
 //! ```text
 //! cargo build --release -p cryptocore-benches --bin peers-rust -p kms-sidecar --bin kms-sidecar --bin kmsctl
@@ -54,10 +63,11 @@ const SIZES_QUICK: [usize; 2] = [KIB, MIB];
 
 const RAW: &str = "aws-lc-rs-raw";
 const ENVELOPE: &str = "cryptocore-envelope";
-const C_API: &str = "cryptocore-c-api";
+const ENVELOPE_INTO: &str = "cryptocore-envelope-into";
+const ENVELOPE_IN_PLACE: &str = "cryptocore-envelope-in-place";
 const KMSCTL: &str = "kmsctl";
 /// Run (and row) order.
-const IMPLS: [&str; 4] = [RAW, ENVELOPE, C_API, KMSCTL];
+const IMPLS: [&str; 5] = [RAW, ENVELOPE_IN_PLACE, ENVELOPE, ENVELOPE_INTO, KMSCTL];
 
 /// The key every envelope row seals under.
 const KEY_NAME: &str = "peers/bench";
@@ -70,8 +80,8 @@ const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
 #[derive(Parser)]
 #[command(
     name = "peers-rust",
-    about = "Rust side of the peer harness: envelope, C ABI, kmsctl and raw aws-lc-rs seal/open \
-             throughput on one thread, as JSON lines (see benches/peers/README.md)"
+    about = "Rust side of the peer harness: envelope, kmsctl and raw aws-lc-rs seal/open throughput \
+             on one thread, as JSON lines (see benches/peers/README.md)"
 )]
 struct Cli {
     /// JSON-lines output [default: target/peers/results-rust.jsonl of this checkout].
@@ -531,229 +541,154 @@ impl Op for EnvelopeOpen<'_> {
     }
 }
 
-// --------------------------------------------------------------------------- cryptocore-c-api
+/// Output buffers of the `-into` row, one per message of a batch, kept between samples.
+/// The first sample at a new batch size grows the pool (its pages are faulted in then);
+/// the median over the samples is that of the reused buffers.
+#[derive(Default)]
+struct Pool(Vec<Vec<u8>>);
 
-/// The C ABI, called from Rust through the ffi crate's rlib. The only `unsafe` of the
-/// benches crate (its lint table denies `unsafe_code`; see benches/Cargo.toml).
-#[allow(unsafe_code)]
-mod c_api {
-    use std::ffi::CStr;
-    use std::ptr;
-
-    use cryptocore::{cryptocore_buffer, cryptocore_envelope, cryptocore_keyring, cryptocore_kv, cryptocore_status};
-
-    use super::Result;
-
-    /// `super::KEY_NAME` as a C string.
-    const KEY_NAME: &CStr = c"peers/bench";
-
-    /// A keyring with the bench key and a local envelope over it, freed on drop.
-    pub(super) struct CApi {
-        keyring: *mut cryptocore_keyring,
-        envelope: *mut cryptocore_envelope,
-        /// `super::CONTEXT` as C pairs (static strings).
-        context: [cryptocore_kv; 2],
-    }
-
-    /// Bytes returned by the library, freed (and zeroized) by `cryptocore_buffer_free` on
-    /// drop, outside the timer.
-    pub(super) struct Buffer(cryptocore_buffer);
-
-    impl Buffer {
-        fn empty() -> Self {
-            Self(cryptocore_buffer { data: ptr::null_mut(), len: 0, capacity: 0 })
-        }
-
-        pub(super) fn as_slice(&self) -> &[u8] {
-            if self.0.data.is_null() {
-                return &[];
-            }
-            // SAFETY: a buffer the library filled: `data` points to `len` initialised bytes
-            // that live until `cryptocore_buffer_free` (in `drop`, which needs `&mut self`).
-            unsafe { std::slice::from_raw_parts(self.0.data, self.0.len) }
-        }
-    }
-
-    impl Drop for Buffer {
-        fn drop(&mut self) {
-            // SAFETY: empty, or filled by the library and not freed since (freed only here).
-            unsafe { cryptocore::cryptocore_buffer_free(&mut self.0) }
-        }
-    }
-
-    fn status(s: cryptocore_status, what: &str) -> Result<()> {
-        if s == cryptocore_status::CRYPTOCORE_OK {
-            return Ok(());
-        }
-        let msg = cryptocore::cryptocore_last_error();
-        let msg = if msg.is_null() {
-            String::new()
-        } else {
-            // SAFETY: a NUL-terminated string of the library, valid until the next failing
-            // call on this thread; copied at once.
-            unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
-        };
-        Err(format!("{what}: {s:?}: {msg}").into())
-    }
-
-    impl CApi {
-        pub(super) fn new() -> Result<Self> {
-            let context = [
-                cryptocore_kv { key: c"tenant".as_ptr(), value: c"acme".as_ptr() },
-                cryptocore_kv { key: c"purpose".as_ptr(), value: c"peer-bench".as_ptr() },
-            ];
-            let mut api = CApi { keyring: ptr::null_mut(), envelope: ptr::null_mut(), context };
-            // SAFETY: a valid out-pointer; `api` frees what it receives on any later error.
-            status(unsafe { cryptocore::cryptocore_keyring_new(&mut api.keyring) }, "cryptocore_keyring_new")?;
-            // SAFETY: a live keyring, a NUL-terminated name; `version` may be NULL.
-            let s =
-                unsafe { cryptocore::cryptocore_keyring_create_key(api.keyring, KEY_NAME.as_ptr(), ptr::null_mut()) };
-            status(s, "cryptocore_keyring_create_key")?;
-            // SAFETY: a live keyring and a valid out-pointer.
-            let s = unsafe { cryptocore::cryptocore_envelope_from_keyring(api.keyring, &mut api.envelope) };
-            status(s, "cryptocore_envelope_from_keyring")?;
-            Ok(api)
-        }
-
-        /// `cryptocore_encrypt` of `pt` under the bench key and context.
-        pub(super) fn seal(&self, pt: &[u8]) -> Result<Buffer> {
-            let mut out = Buffer::empty();
-            // SAFETY: a live envelope, a NUL-terminated key name, `context.len()` pairs of
-            // static strings, `pt.len()` readable bytes, a valid out-buffer.
-            let s = unsafe {
-                cryptocore::cryptocore_encrypt(
-                    self.envelope,
-                    KEY_NAME.as_ptr(),
-                    self.context.as_ptr(),
-                    self.context.len(),
-                    pt.as_ptr(),
-                    pt.len(),
-                    &mut out.0,
-                )
-            };
-            status(s, "cryptocore_encrypt")?;
-            Ok(out)
-        }
-
-        /// `cryptocore_decrypt` of `ct` with the bench context.
-        pub(super) fn open(&self, ct: &[u8]) -> Result<Buffer> {
-            let mut out = Buffer::empty();
-            // SAFETY: as in `seal`.
-            let s = unsafe {
-                cryptocore::cryptocore_decrypt(
-                    self.envelope,
-                    self.context.as_ptr(),
-                    self.context.len(),
-                    ct.as_ptr(),
-                    ct.len(),
-                    &mut out.0,
-                )
-            };
-            status(s, "cryptocore_decrypt")?;
-            Ok(out)
-        }
-
-        /// `cryptocore_version()`.
-        pub(super) fn library_version() -> String {
-            let v = cryptocore::cryptocore_version();
-            if v.is_null() {
-                return "?".into();
-            }
-            // SAFETY: a static NUL-terminated string of the library.
-            unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned()
-        }
-    }
-
-    impl Drop for CApi {
-        fn drop(&mut self) {
-            // SAFETY: NULL or live handles of the library, each freed once, envelope first.
-            unsafe {
-                cryptocore::cryptocore_envelope_free(self.envelope);
-                cryptocore::cryptocore_keyring_free(self.keyring);
-            }
-        }
+impl Pool {
+    fn take(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut bufs = std::mem::take(&mut self.0);
+        bufs.resize_with(n, Vec::new);
+        bufs
     }
 }
 
-use c_api::{Buffer, CApi};
-
-impl CApi {
-    fn version() -> String {
-        format!(
-            "libcryptocore {} (C ABI; crypto-core {}, aws-lc-rs {})",
-            CApi::library_version(),
-            env!("CARGO_PKG_VERSION"),
-            lock_version("aws-lc-rs")
-        )
-    }
-
-    fn note() -> String {
-        format!(
-            "the C ABI (ffi crate, through its rlib): cryptocore_keyring_new + cryptocore_keyring_create_key + \
-             cryptocore_envelope_from_keyring, then cryptocore_encrypt / cryptocore_decrypt, i.e. Envelope::seal / \
-             Envelope::open over LocalProvider (stream form, {} KiB segments, no data-key cache: a fresh data key \
-             per message), context as two cryptocore_kv pairs; output in a library-owned cryptocore_buffer per \
-             message, freed (zeroized) with cryptocore_buffer_free outside the timer",
-            DEFAULT_SEGMENT_SIZE as usize / KIB
-        )
-    }
+fn envelope_into_note() -> String {
+    format!(
+        "crypto_core::envelope::Envelope::seal_into / Envelope::open_into: as {ENVELOPE} (stream form, {} KiB \
+         segments, a fresh data key per seal, unwrapped per open, context of two pairs) but into output buffers \
+         the caller reuses: one per message of a batch, kept between samples like the raw row's buffers, so \
+         neither allocation nor page faults are timed",
+        DEFAULT_SEGMENT_SIZE as usize / KIB
+    )
 }
 
-struct CApiSeal<'a>(&'a CApi);
+fn envelope_in_place_note() -> String {
+    format!(
+        "crypto_core::envelope::Envelope::seal_in_place / Envelope::open_in_place: as {ENVELOPE} (stream form, {} \
+         KiB segments, a fresh data key per seal, unwrapped per open, context of two pairs) on a buffer that holds \
+         the input, copied outside the timer with room for the header and tags, like the raw row's buffers",
+        DEFAULT_SEGMENT_SIZE as usize / KIB
+    )
+}
 
-impl Op for CApiSeal<'_> {
-    type State = Vec<Buffer>;
+/// Seal in place: the buffers are copies of the inputs made in `prep` (outside the timer,
+/// with the capacity of the sealed message), as `RawSeal` makes its buffers.
+struct EnvelopeSealInPlace<'a>(&'a EnvelopeBench);
 
-    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Buffer>> {
-        Ok(Vec::with_capacity(pts.len()))
+impl Op for EnvelopeSealInPlace<'_> {
+    type State = Vec<Vec<u8>>;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        Ok(pts.iter().map(|p| in_place_buffer(p)).collect())
     }
 
-    fn run(&mut self, pts: &[Vec<u8>], outs: &mut Vec<Buffer>) -> Result<()> {
-        for p in pts {
-            outs.push(self.0.seal(p)?);
+    fn run(&mut self, _pts: &[Vec<u8>], bufs: &mut Vec<Vec<u8>>) -> Result<()> {
+        let env = self.0;
+        for buf in bufs.iter_mut() {
+            env.envelope.seal_in_place(KEY_NAME, &env.context, buf)?;
         }
         Ok(())
     }
 
-    fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Buffer>) -> Result<()> {
-        if outs.len() != pts.len() {
-            return check_failed(format!("{C_API}: {} outputs for {} inputs", outs.len(), pts.len()));
+    fn check(&mut self, pts: &[Vec<u8>], bufs: Vec<Vec<u8>>) -> Result<()> {
+        for (i, (ct, p)) in bufs.iter().zip(pts).enumerate() {
+            require_equal(
+                &format!("{ENVELOPE_IN_PLACE}: seal output did not open"),
+                i,
+                p,
+                &self.0.open_checked(i, ct)?,
+            )?;
         }
+        Ok(())
+    }
+}
+
+/// A copy of `p` with room for the sealed message (header, tags): what a caller that
+/// reserves `MessageSealer::sealed_len` has, made outside the timer.
+fn in_place_buffer(p: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(p.len() + p.len() / DEFAULT_SEGMENT_SIZE as usize * 16 + 4096);
+    buf.extend_from_slice(p);
+    buf
+}
+
+/// Open in place: the sealed messages are made in `prep` (outside the timer).
+struct EnvelopeOpenInPlace<'a>(&'a EnvelopeBench);
+
+impl Op for EnvelopeOpenInPlace<'_> {
+    type State = Vec<Vec<u8>>;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        pts.iter().map(|p| self.0.seal(p)).collect()
+    }
+
+    fn run(&mut self, _pts: &[Vec<u8>], bufs: &mut Vec<Vec<u8>>) -> Result<()> {
+        let env = self.0;
+        for buf in bufs.iter_mut() {
+            env.envelope.open_in_place(&env.context, buf)?;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], bufs: Vec<Vec<u8>>) -> Result<()> {
+        for (i, (o, p)) in bufs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{ENVELOPE_IN_PLACE}: open"), i, p, o)?;
+        }
+        Ok(())
+    }
+}
+
+struct EnvelopeSealInto<'a>(&'a EnvelopeBench, Pool);
+
+impl Op for EnvelopeSealInto<'_> {
+    type State = Vec<Vec<u8>>;
+
+    fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        Ok(self.1.take(pts.len()))
+    }
+
+    fn run(&mut self, pts: &[Vec<u8>], outs: &mut Vec<Vec<u8>>) -> Result<()> {
+        let env = self.0;
+        for (p, out) in pts.iter().zip(outs.iter_mut()) {
+            env.envelope.seal_into(KEY_NAME, &env.context, p, out)?;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Vec<u8>>) -> Result<()> {
         for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
-            let opened = self
-                .0
-                .open(ct.as_slice())
-                .or_else(|e| check_failed(format!("{C_API}: seal output {i} did not open: {e}")))?;
-            require_equal(&format!("{C_API}: seal output did not open"), i, p, opened.as_slice())?;
+            require_equal(&format!("{ENVELOPE_INTO}: seal output did not open"), i, p, &self.0.open_checked(i, ct)?)?;
         }
+        self.1.0 = outs;
         Ok(())
     }
 }
 
-struct CApiOpen<'a>(&'a CApi);
+struct EnvelopeOpenInto<'a>(&'a EnvelopeBench, Pool);
 
-impl Op for CApiOpen<'_> {
-    type State = (Vec<Buffer>, Vec<Buffer>);
+impl Op for EnvelopeOpenInto<'_> {
+    type State = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
     fn prep(&mut self, pts: &[Vec<u8>]) -> Result<Self::State> {
         let cts = pts.iter().map(|p| self.0.seal(p)).collect::<Result<Vec<_>>>()?;
-        Ok((cts, Vec::with_capacity(pts.len())))
+        Ok((cts, self.1.take(pts.len())))
     }
 
     fn run(&mut self, _pts: &[Vec<u8>], (cts, outs): &mut Self::State) -> Result<()> {
-        for c in cts.iter() {
-            outs.push(self.0.open(c.as_slice())?);
+        let env = self.0;
+        for (c, out) in cts.iter().zip(outs.iter_mut()) {
+            env.envelope.open_into(&env.context, c, out)?;
         }
         Ok(())
     }
 
     fn check(&mut self, pts: &[Vec<u8>], (_, outs): Self::State) -> Result<()> {
-        if outs.len() != pts.len() {
-            return check_failed(format!("{C_API}: {} outputs for {} inputs", outs.len(), pts.len()));
-        }
         for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{C_API}: open"), i, p, o.as_slice())?;
+            require_equal(&format!("{ENVELOPE_INTO}: open"), i, p, o)?;
         }
+        self.1.0 = outs;
         Ok(())
     }
 }
@@ -1275,6 +1210,20 @@ fn run(cli: Cli) -> Result<Vec<String>> {
             Err(e) => em.skip(RAW, e.as_ref())?,
         }
     }
+    if selected(ENVELOPE_IN_PLACE) {
+        match EnvelopeBench::new() {
+            Ok(env) => {
+                let row = Row {
+                    name: ENVELOPE_IN_PLACE,
+                    version: EnvelopeBench::version(),
+                    note: envelope_in_place_note(),
+                    in_process: true,
+                };
+                em.row(&row, &mut EnvelopeSealInPlace(&env), &mut EnvelopeOpenInPlace(&env), &sizes, &m)?;
+            }
+            Err(e) => em.skip(ENVELOPE_IN_PLACE, e.as_ref())?,
+        }
+    }
     if selected(ENVELOPE) {
         match EnvelopeBench::new() {
             Ok(env) => {
@@ -1289,13 +1238,20 @@ fn run(cli: Cli) -> Result<Vec<String>> {
             Err(e) => em.skip(ENVELOPE, e.as_ref())?,
         }
     }
-    if selected(C_API) {
-        match CApi::new() {
-            Ok(api) => {
-                let row = Row { name: C_API, version: CApi::version(), note: CApi::note(), in_process: true };
-                em.row(&row, &mut CApiSeal(&api), &mut CApiOpen(&api), &sizes, &m)?;
+    if selected(ENVELOPE_INTO) {
+        match EnvelopeBench::new() {
+            Ok(env) => {
+                let row = Row {
+                    name: ENVELOPE_INTO,
+                    version: EnvelopeBench::version(),
+                    note: envelope_into_note(),
+                    in_process: true,
+                };
+                let (mut seal, mut open) =
+                    (EnvelopeSealInto(&env, Pool::default()), EnvelopeOpenInto(&env, Pool::default()));
+                em.row(&row, &mut seal, &mut open, &sizes, &m)?;
             }
-            Err(e) => em.skip(C_API, e.as_ref())?,
+            Err(e) => em.skip(ENVELOPE_INTO, e.as_ref())?,
         }
     }
     if selected(KMSCTL) {

@@ -223,9 +223,10 @@ impl MessageSealer {
     ///
     /// `buf` grows by the header and one 16-byte tag per segment
     /// ([`MessageSealer::sealed_len`] tells the final length, so a caller can reserve it
-    /// and never reallocate). Each segment is moved to its place and encrypted there while
-    /// it is in cache, so the message costs about what raw AES-GCM in place costs, with no
-    /// second buffer. On `Err` (a plaintext too large for the form) `buf` is unchanged.
+    /// and never reallocate). Each segment is encrypted where it lies, then moved to its
+    /// place while it is in cache: no second buffer, and the memory traffic of raw AES-GCM
+    /// in place, plus a cached copy per segment. On `Err` (a plaintext too large for the
+    /// form) `buf` is unchanged.
     pub fn seal_in_place(&self, buf: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         let pt_len = buf.len();
         let geometry = Geometry::for_plaintext(self.segment_size(), pt_len)?;
@@ -233,15 +234,18 @@ impl MessageSealer {
         buf.resize(h + geometry.body_len(pt_len), 0);
         let (size, stride) = (geometry.segment_size, geometry.stride());
         let n = geometry.segments as usize;
-        // Last segment first: segment i moves forward (to h + i·stride from i·size), over
-        // bytes of segments after it that were already sealed in their place, never over
-        // the plaintext of a segment before it (which ends at i·size ≤ h + i·stride).
+        // Last segment first: segment i is sealed where it lies, then moves forward (to
+        // h + i·stride from i·size) over bytes of segments after it that were already
+        // placed, never over the plaintext of a segment before it (which ends at
+        // i·size ≤ h + i·stride). Going backwards costs the hardware prefetcher something
+        // on buffers larger than the cache (see benches/RESULTS.md), but a forward shift
+        // cannot be done front to back in place.
         for i in (0..n).rev() {
             let src = i * size;
             let len = pt_len.saturating_sub(src).min(size);
             let dst = h + i * stride;
+            let tag = self.keys.seal_segment_in_place(i as u32, i + 1 == n, &mut buf[src..src + len]);
             buf.copy_within(src..src + len, dst);
-            let tag = self.keys.seal_segment_in_place(i as u32, i + 1 == n, &mut buf[dst..dst + len]);
             buf[dst + len..dst + len + TAG_LEN].copy_from_slice(&tag);
         }
         buf[..h].copy_from_slice(&self.header_bytes);
