@@ -1,5 +1,6 @@
-//! Whole-message open, single-segment open, inspect and rewrap on arbitrary bytes under
-//! real keys: never panics, and never returns plaintext for bytes that are not a message
+//! Whole-message open, in-place open, single-segment open, inspect and rewrap on arbitrary
+//! bytes under real keys: never panics, in-place open agrees with open (same plaintext, or
+//! an error that leaves the buffer either untouched or empty), and never returns plaintext for bytes that are not a message
 //! sealed under those keys (the only valid inputs are the seeds and their exact copies).
 #![no_main]
 
@@ -14,6 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, msg)) = data.split_first() else { return };
     let ctx = &setup.contexts[usize::from(pick) % setup.contexts.len()];
     let opened = env.open(ctx, msg);
+    let mut in_place = msg.to_vec();
+    match (&opened, env.open_in_place(ctx, &mut in_place)) {
+        (Ok(all), Ok(())) => assert_eq!(all, &in_place),
+        (Err(_), Err(_)) => {
+            assert!(in_place.is_empty() || in_place == msg, "a failed open_in_place left a partial buffer")
+        }
+        (a, b) => panic!("open and open_in_place disagree: {:?} vs {:?}", a.as_ref().map(Vec::len), b),
+    }
     let _ = env.inspect(msg);
     let _ = env.rewrap(msg);
     for index in [0u64, 1, 2, u64::from(pick)] {

@@ -81,11 +81,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use cryptocore_benches::{Proc, wait_for_socket};
 use kms_sidecar::client::connect_unix;
 use kms_sidecar::grpc::pb;
 use kms_sidecar::grpc::pb::kms_client::KmsClient;
@@ -107,6 +108,8 @@ const BUILD: &str = "cargo build --release -p kms-sidecar -p cryptocore-benches"
 
 /// The soak's memory goal: RSS growth after the warm-up, in percent.
 const MAX_RSS_GROWTH_PERCENT: f64 = 10.0;
+/// How long a started server has to listen on its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -286,38 +289,6 @@ fn echo_server(socket: &Path) -> Result<()> {
     })
 }
 
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_socket(path: &Path, child: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        if let Some(status) = child.try_wait()? {
-            return Err(format!("server exited before listening on {}: {status}", path.display()).into());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no server on {} within 30 s", path.display()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in bytes.
 fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
@@ -435,7 +406,7 @@ impl Bench {
             .spawn()?;
         let kms_pid = kms_child.id();
         let mut kms = Proc(kms_child);
-        wait_for_socket(&kms_sock, &mut kms.0)?;
+        wait_for_socket(&kms_sock, &mut kms.0, SOCKET_WAIT).map_err(|e| format!("kms-sidecar serve: {e}"))?;
         let echo = if with_echo {
             let echo_child = Command::new(std::env::current_exe()?)
                 .args(["echo-server", "--socket"])
@@ -444,7 +415,7 @@ impl Bench {
                 .stderr(Stdio::inherit())
                 .spawn()?;
             let mut echo = Proc(echo_child);
-            wait_for_socket(&echo_sock, &mut echo.0)?;
+            wait_for_socket(&echo_sock, &mut echo.0, SOCKET_WAIT).map_err(|e| format!("echo server: {e}"))?;
             Some(echo)
         } else {
             None

@@ -43,7 +43,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +52,7 @@ use clap::Parser;
 use crypto_core::envelope::{DEFAULT_SEGMENT_SIZE, EncryptionContext, Envelope};
 use crypto_core::keys::Keyring;
 use crypto_core::provider::LocalProvider;
+use cryptocore_benches::{Proc, wait_for_socket};
 use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -695,24 +696,6 @@ impl Op for EnvelopeOpenInto<'_> {
 
 // --------------------------------------------------------------------------- kmsctl
 
-/// A child process stopped (SIGTERM, then SIGKILL after 10 s) and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `kmsctl` against a `kms-sidecar serve` of its own, in temporary directories.
 struct Kmsctl {
     kmsctl: PathBuf,
@@ -777,26 +760,8 @@ impl Kmsctl {
             .spawn()
             .map_err(|e| format!("{}: cannot start: {e}", sidecar.display()))?;
         let mut proc = Proc(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if let Some(status) = proc.0.try_wait()? {
-                return Err(format!(
-                    "kms-sidecar serve exited ({status}) before listening on {}: {}",
-                    socket.display(),
-                    log_tail(&log_path)
-                )
-                .into());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "kms-sidecar serve: no socket {} within 30 s: {}",
-                    socket.display(),
-                    log_tail(&log_path)
-                )
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_socket(&socket, &mut proc.0, Duration::from_secs(30))
+            .map_err(|e| format!("kms-sidecar serve: {e}: {}", log_tail(&log_path)))?;
         std::fs::create_dir_all(tmp_root).map_err(|e| format!("{}: {e}", tmp_root.display()))?;
         let files = tempfile::Builder::new().prefix("kmsctl-").tempdir_in(tmp_root)?;
         let version_of = |bin: &Path| -> Result<String> {
