@@ -186,6 +186,13 @@ fn check_failed<T>(msg: impl Into<String>) -> Result<T> {
     Err(Box::new(CheckFailed(msg.into())))
 }
 
+fn check_count(row: &str, pts: &[Vec<u8>], outs: &[Vec<u8>]) -> Result<()> {
+    if outs.len() != pts.len() {
+        return check_failed(format!("{row}: {} outputs for {} inputs", outs.len(), pts.len()));
+    }
+    Ok(())
+}
+
 fn require_equal(what: &str, i: usize, expected: &[u8], got: &[u8]) -> Result<()> {
     if expected != got {
         return check_failed(format!(
@@ -464,6 +471,26 @@ impl EnvelopeBench {
         self.open(ct).or_else(|e| check_failed(format!("{ENVELOPE}: seal output {i} did not open: {e}")))
     }
 
+    /// Outside the timer: one output per input, and each sealed output of row `row` opens
+    /// (header checked) to its input.
+    fn check_sealed(&self, row: &str, pts: &[Vec<u8>], outs: &[Vec<u8>]) -> Result<()> {
+        check_count(row, pts, outs)?;
+        for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{row}: seal output did not open"), i, p, &self.open_checked(i, ct)?)?;
+        }
+        Ok(())
+    }
+
+    /// Outside the timer: one output per input, and each opened output of row `row` is its
+    /// input.
+    fn check_opened(row: &str, pts: &[Vec<u8>], outs: &[Vec<u8>]) -> Result<()> {
+        check_count(row, pts, outs)?;
+        for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
+            require_equal(&format!("{row}: open"), i, p, o)?;
+        }
+        Ok(())
+    }
+
     fn version() -> String {
         format!(
             "crypto-core {} (aws-lc-rs {}, aws-lc-sys {})",
@@ -504,13 +531,7 @@ impl Op for EnvelopeSeal<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Vec<u8>>) -> Result<()> {
-        if outs.len() != pts.len() {
-            return check_failed(format!("{ENVELOPE}: {} outputs for {} inputs", outs.len(), pts.len()));
-        }
-        for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{ENVELOPE}: seal output did not open"), i, p, &self.0.open_checked(i, ct)?)?;
-        }
-        Ok(())
+        self.0.check_sealed(ENVELOPE, pts, &outs)
     }
 }
 
@@ -532,13 +553,7 @@ impl Op for EnvelopeOpen<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], (_, outs): Self::State) -> Result<()> {
-        if outs.len() != pts.len() {
-            return check_failed(format!("{ENVELOPE}: {} outputs for {} inputs", outs.len(), pts.len()));
-        }
-        for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{ENVELOPE}: open"), i, p, o)?;
-        }
-        Ok(())
+        EnvelopeBench::check_opened(ENVELOPE, pts, &outs)
     }
 }
 
@@ -595,15 +610,7 @@ impl Op for EnvelopeSealInPlace<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], bufs: Vec<Vec<u8>>) -> Result<()> {
-        for (i, (ct, p)) in bufs.iter().zip(pts).enumerate() {
-            require_equal(
-                &format!("{ENVELOPE_IN_PLACE}: seal output did not open"),
-                i,
-                p,
-                &self.0.open_checked(i, ct)?,
-            )?;
-        }
-        Ok(())
+        self.0.check_sealed(ENVELOPE_IN_PLACE, pts, &bufs)
     }
 }
 
@@ -634,10 +641,7 @@ impl Op for EnvelopeOpenInPlace<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], bufs: Vec<Vec<u8>>) -> Result<()> {
-        for (i, (o, p)) in bufs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{ENVELOPE_IN_PLACE}: open"), i, p, o)?;
-        }
-        Ok(())
+        EnvelopeBench::check_opened(ENVELOPE_IN_PLACE, pts, &bufs)
     }
 }
 
@@ -659,9 +663,7 @@ impl Op for EnvelopeSealInto<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], outs: Vec<Vec<u8>>) -> Result<()> {
-        for (i, (ct, p)) in outs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{ENVELOPE_INTO}: seal output did not open"), i, p, &self.0.open_checked(i, ct)?)?;
-        }
+        self.0.check_sealed(ENVELOPE_INTO, pts, &outs)?;
         self.1.0 = outs;
         Ok(())
     }
@@ -686,9 +688,7 @@ impl Op for EnvelopeOpenInto<'_> {
     }
 
     fn check(&mut self, pts: &[Vec<u8>], (_, outs): Self::State) -> Result<()> {
-        for (i, (o, p)) in outs.iter().zip(pts).enumerate() {
-            require_equal(&format!("{ENVELOPE_INTO}: open"), i, p, o)?;
-        }
+        EnvelopeBench::check_opened(ENVELOPE_INTO, pts, &outs)?;
         self.1.0 = outs;
         Ok(())
     }

@@ -226,7 +226,8 @@ impl MessageSealer {
     /// and never reallocate). Each segment is encrypted where it lies, then moved to its
     /// place while it is in cache: no second buffer, and the memory traffic of raw AES-GCM
     /// in place, plus a cached copy per segment. On `Err` (a plaintext too large for the
-    /// form) `buf` is unchanged.
+    /// form) `buf` is unchanged. Reserve first when the plaintext is secret: if `buf` has to
+    /// grow, the allocator moves it and frees the old copy of the plaintext unzeroized.
     pub fn seal_in_place(&self, buf: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         let pt_len = buf.len();
         let geometry = Geometry::for_plaintext(self.segment_size(), pt_len)?;
