@@ -129,13 +129,21 @@ extra = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.notes.
 if os.path.exists(extra):
     out.append(open(extra).read())
 results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-# The sidecar load section is written by `kms-load --results` (a different run); keep it.
-BEGIN, END = "<!-- kms-load:begin -->", "<!-- kms-load:end -->"
-if os.path.exists(results):
-    old = open(results).read()
-    b, e = old.find(BEGIN), old.find(END)
-    if 0 <= b < e:
-        out.append("## Sidecar load (kms-load)\n")
-        out.append(old[b:e + len(END)])
-open(results, "w").write("\n".join(out) + "\n")
+# This script owns only the region between the criterion markers. Everything else in
+# RESULTS.md comes from other runs (kms-load, the peer harness, the soak, the GPU machine)
+# and is kept as it is.
+CBEGIN, CEND = "<!-- criterion:begin -->", "<!-- criterion:end -->"
+old = open(results).read() if os.path.exists(results) else ""
+b, e = old.find(CBEGIN), old.find(CEND)
+if 0 <= b < e:
+    text = old[:b] + CBEGIN + "\n" + "\n".join(out) + "\n" + old[e:]
+else:
+    # A file without the markers (or none): write the generated part with its markers,
+    # and keep the sidecar load block if there is one.
+    text = CBEGIN + "\n" + "\n".join(out) + "\n" + CEND + "\n"
+    BEGIN, END = "<!-- kms-load:begin -->", "<!-- kms-load:end -->"
+    kb, ke = old.find(BEGIN), old.find(END)
+    if 0 <= kb < ke:
+        text += "\n## Sidecar load (kms-load)\n\n" + old[kb:ke + len(END)] + "\n"
+open(results, "w").write(text)
 print("\n".join(out))
