@@ -540,7 +540,11 @@ pub(crate) fn open_body_in_place(
 
 /// Sets `v.len()` to `n`, initialising only bytes beyond the old length.
 pub(crate) fn resize_reusing(v: &mut Vec<u8>, n: usize) {
-    if v.len() > n {
+    if v.capacity() == 0 {
+        // A zeroed allocation: fresh pages from the OS come zeroed, so a large output gets
+        // no zeroing pass before the cipher writes it (`resize` would write every byte).
+        *v = vec![0u8; n];
+    } else if v.len() > n {
         v.truncate(n);
     } else {
         v.resize(n, 0);
