@@ -156,7 +156,14 @@ impl KmsService {
         f: impl Fn(&Kms) -> Result<T, KmsError> + Send + 'static,
     ) -> Result<T, Status> {
         if payload <= INLINE_MAX_PAYLOAD {
-            match self.kms.cache_only(&f) {
+            let result = self.kms.cache_only(&f);
+            // A key record in the second half of its TTL: this request was chosen to
+            // re-read it (single flight); it does so in the background, not in its path.
+            for name in Kms::take_due_refreshes() {
+                let kms = self.kms.clone();
+                drop(tokio::task::spawn_blocking(move || kms.refresh_record(&name)));
+            }
+            match result {
                 Err(KmsError::WouldBlock) => {}
                 other => return other.map_err(status),
             }

@@ -11,7 +11,11 @@
 //! * **Key records** (state, versions, primary, decrypt floor; never plaintext material)
 //!   are cached for [`KmsOptions::key_cache_ttl`]. A change made through this process
 //!   replaces the cached record at once; a change made by another sidecar sharing the
-//!   PostgreSQL keystore is seen within the TTL (the documented propagation bound).
+//!   PostgreSQL keystore is seen within the TTL (the documented propagation bound). A
+//!   record used in the second half of its TTL is re-read ahead of expiry by one caller
+//!   (single flight; [`Kms::take_due_refreshes`]), so a busy key never expires: without
+//!   that, every request arriving between the expiry and the refill went to a blocking
+//!   thread and read the store itself, once a TTL, at any request rate.
 //! * **Unwrapped KEK versions** are cached as [`KeyMaterial`] (zeroized on drop), at most
 //!   [`KmsOptions::kek_cache_capacity`] of them, least recently used evicted first; a
 //!   version seen destroyed is dropped at once.
@@ -20,7 +24,7 @@
 //! store (it fails with [`KmsError::WouldBlock`] instead), so the gRPC layer can serve warm
 //! requests on its async workers and send only cold ones to a blocking thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -185,6 +189,19 @@ thread_local! {
     static CACHE_ONLY: Cell<bool> = const { Cell::new(false) };
     /// Set when a store access was refused during the current [`Kms::cache_only`] call.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// Keys whose records this thread claimed to refresh ahead of expiry during
+    /// [`Kms::cache_only`], for the caller to re-read off-thread.
+    static REFRESH_DUE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A cached key record.
+struct CachedRecord {
+    record: Arc<KeyRecord>,
+    /// When it was read (or written) from the store: it is served until `at + TTL`.
+    at: Instant,
+    /// A refresh ahead of expiry was handed to one caller; the others keep using this
+    /// entry. Stays set if that refresh fails: the entry then expires as usual.
+    refresh_claimed: bool,
 }
 
 /// Unwrapped KEK versions, bounded, least recently used evicted first. Keyed by name
@@ -250,7 +267,7 @@ pub struct Kms {
     store: Arc<dyn KeyStore>,
     root: RootKey,
     options: KmsOptions,
-    records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+    records: Mutex<HashMap<String, CachedRecord>>,
     keks: Mutex<KekCache>,
     /// The issuing CA once loaded (one per keystore, never replaced).
     pub(crate) ca: Mutex<Option<Arc<crypto_core::pki::CertificateAuthority>>>,
@@ -391,6 +408,8 @@ impl Kms {
             }
         }
         let _reset = Reset(CACHE_ONLY.with(|c| c.replace(true)), REFUSED.with(|c| c.replace(false)));
+        // Claims an earlier call left untaken: those records just expire.
+        REFRESH_DUE.with(|due| due.borrow_mut().clear());
         let result = f(self);
         // Whatever error the refusal turned into on its way through crypto-core, the
         // operation was cut short by it: report that, so the caller retries off-thread.
@@ -416,13 +435,28 @@ impl Kms {
     /// With `needs_version`, a cached record that does not know that version yet (rotated
     /// through another sidecar) is read again instead of failing with "not found".
     fn record(&self, name: &str, needs_version: Option<u32>) -> Result<Arc<KeyRecord>, StoreError> {
-        if let Some((record, at)) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get(name)
-            && at.elapsed() < self.options.key_cache_ttl
-            && needs_version.is_none_or(|v| v <= record.primary_version)
+        let ttl = self.options.key_cache_ttl;
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = records.get_mut(name)
+            && let age = entry.at.elapsed()
+            && age < ttl
+            && needs_version.is_none_or(|v| v <= entry.record.primary_version)
         {
             self.record_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(record.clone());
+            let record = entry.record.clone();
+            if !entry.refresh_claimed && age >= ttl / 2 {
+                // Refresh ahead of expiry, by this caller only.
+                entry.refresh_claimed = true;
+                drop(records);
+                if CACHE_ONLY.with(Cell::get) {
+                    REFRESH_DUE.with(|due| due.borrow_mut().push(name.to_owned()));
+                } else {
+                    self.refresh_record(name);
+                }
+            }
+            return Ok(record);
         }
+        drop(records);
         Self::store_allowed()?;
         self.record_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Taken before the read, so the entry never claims to be fresher than it is.
@@ -438,20 +472,39 @@ impl Kms {
         }
     }
 
+    /// Re-reads `name`'s record from the store into the cache: the refresh ahead of expiry
+    /// that [`Kms::take_due_refreshes`] hands out (it is done inline by callers that may
+    /// block). A failed read changes nothing: the cached record expires at its TTL, and the
+    /// next use reads the store and reports the error as before.
+    pub fn refresh_record(&self, name: &str) {
+        if Self::store_allowed().is_err() {
+            return;
+        }
+        self.record_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let read_at = Instant::now();
+        if let Ok(record) = self.store.get_key(name) {
+            let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = self.remember(&mut records, record, read_at);
+        }
+    }
+
+    /// The keys whose records a [`Kms::cache_only`] call on this thread claimed to refresh
+    /// ahead of expiry (a store read it could not do itself). The caller runs
+    /// [`Kms::refresh_record`] for each where it may block; one not taken is dropped at the
+    /// thread's next `cache_only` call, and that record then simply expires.
+    pub fn take_due_refreshes() -> Vec<String> {
+        REFRESH_DUE.with(|due| std::mem::take(&mut *due.borrow_mut()))
+    }
+
     /// Caches `record` (read or written at `at`) unless the cache already holds a newer
     /// state of the key (a slow read must not undo a write made meanwhile), and drops
     /// cached KEKs of versions it shows destroyed. Lock order: records, then keks.
-    fn remember(
-        &self,
-        records: &mut HashMap<String, (Arc<KeyRecord>, Instant)>,
-        record: KeyRecord,
-        at: Instant,
-    ) -> Arc<KeyRecord> {
+    fn remember(&self, records: &mut HashMap<String, CachedRecord>, record: KeyRecord, at: Instant) -> Arc<KeyRecord> {
         self.forget_destroyed_keks(&record);
-        if let Some((cached, _)) = records.get(&record.name)
-            && cached.row_version > record.row_version
+        if let Some(cached) = records.get(&record.name)
+            && cached.record.row_version > record.row_version
         {
-            return cached.clone();
+            return cached.record.clone();
         }
         let record = Arc::new(record);
         if self.options.key_cache_ttl.is_zero() {
@@ -460,12 +513,12 @@ impl Kms {
         // Bound the map: records are small, but names are caller-chosen. Expired entries go
         // first; a map still full of live entries (more busy keys than the bound) restarts.
         if records.len() >= MAX_CACHED_RECORDS {
-            records.retain(|_, (_, at)| at.elapsed() < self.options.key_cache_ttl);
+            records.retain(|_, e| e.at.elapsed() < self.options.key_cache_ttl);
             if records.len() >= MAX_CACHED_RECORDS {
                 records.clear();
             }
         }
-        records.insert(record.name.clone(), (record.clone(), at));
+        records.insert(record.name.clone(), CachedRecord { record: record.clone(), at, refresh_claimed: false });
         record
     }
 
@@ -1060,6 +1113,61 @@ impl KeyProvider for Kms {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn kms_with_ttl(dir: &std::path::Path, ttl: Duration) -> Kms {
+        let store = Arc::new(crate::keystore::SqliteStore::open(dir.join("keystore.db")).unwrap());
+        let root = crate::root_key::LocalRootKey::load_or_create(dir.join("root.key"), true).unwrap();
+        Kms::with_options(store, root, KmsOptions { key_cache_ttl: ttl, ..KmsOptions::default() })
+    }
+
+    fn cached_lookup(kms: &Kms) -> Result<(), KmsError> {
+        kms.cache_only(|k| k.key_record("k", None).map(drop))
+    }
+
+    /// A key in use never expires: in the second half of its TTL exactly one caller is
+    /// handed the re-read (the others keep the cached record), and once it is done the
+    /// record is served past the old expiry. Before, every request in the gap between
+    /// expiry and refill left the fast path.
+    #[test]
+    fn busy_key_record_is_refreshed_ahead_of_expiry_by_one_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(2);
+        let kms = kms_with_ttl(dir.path(), ttl);
+        kms.create_key("k").unwrap(); // cached by the write
+        cached_lookup(&kms).unwrap();
+        assert!(Kms::take_due_refreshes().is_empty(), "a fresh record needs no refresh");
+
+        std::thread::sleep(ttl / 2 + Duration::from_millis(100));
+        cached_lookup(&kms).unwrap();
+        assert_eq!(Kms::take_due_refreshes(), vec!["k".to_owned()]);
+        cached_lookup(&kms).unwrap();
+        assert!(Kms::take_due_refreshes().is_empty(), "single flight: the refresh is claimed");
+
+        let (_, misses) = kms.cache_stats();
+        kms.refresh_record("k");
+        assert_eq!(kms.cache_stats().1, misses + 1, "one store read");
+        std::thread::sleep(ttl / 2);
+        // Past the first read's TTL: served only because the refresh renewed it.
+        cached_lookup(&kms).unwrap();
+    }
+
+    /// Without the refresh (the claimed caller never ran it, or the read failed) the
+    /// record expires at its TTL as before: the propagation bound does not move.
+    #[test]
+    fn unrefreshed_key_record_expires_at_its_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_millis(400);
+        let kms = kms_with_ttl(dir.path(), ttl);
+        kms.create_key("k").unwrap();
+        std::thread::sleep(ttl / 2 + Duration::from_millis(50));
+        let _ = cached_lookup(&kms);
+        drop(Kms::take_due_refreshes());
+        std::thread::sleep(ttl / 2 + Duration::from_millis(50));
+        assert!(matches!(cached_lookup(&kms), Err(KmsError::WouldBlock)));
+        // Outside cache-only mode the caller reads the store and the cache is warm again.
+        kms.key_record("k", None).unwrap();
+        cached_lookup(&kms).unwrap();
+    }
 
     /// Found with the `keystore_records` fuzz target: a stored version `u32::MAX` (damaged
     /// data; four billion rotations otherwise) made rotation overflow the next version
