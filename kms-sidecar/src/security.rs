@@ -747,6 +747,9 @@ struct AuditQueueState {
     /// The writer holds records taken from `records` that are not yet written.
     writing: bool,
     closed: bool,
+    /// No writer thread (it could not be started, or it stopped): each request writes its
+    /// own record.
+    inline: bool,
 }
 
 impl AuditGroup {
@@ -766,14 +769,14 @@ impl AuditGroup {
                 |e| tracing::error!(error = %e, "cannot start the audit writer thread; writing on request threads"),
             )
             .ok();
+        shared.lock().inline = thread.is_none();
         Self { shared, thread }
     }
 
     fn submit(&self, event: OwnedEvent, reply: Option<AuditReply>) {
         let mut st = self.shared.lock();
         st.records.push((event, reply));
-        if self.thread.is_none() {
-            // No writer thread (it could not be started): write here, under the lock.
+        if st.inline {
             let batch = std::mem::take(&mut st.records);
             drop(st);
             self.shared.write_batch(batch);
@@ -786,7 +789,7 @@ impl AuditGroup {
     /// Waits until every record queued so far is written (or failed).
     fn flush(&self) {
         let mut st = self.shared.lock();
-        while self.thread.is_some() && (st.writing || !st.records.is_empty()) {
+        while !st.inline && (st.writing || !st.records.is_empty()) {
             st = self.shared.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -803,6 +806,25 @@ impl Drop for AuditGroup {
     }
 }
 
+/// Hands the writing back to the requests when the writer thread ends, also by a panic:
+/// records still queued then are dropped, so their requests are refused (UNAVAILABLE) and
+/// nothing waits for a writer that is gone.
+struct WriterGone<'a>(&'a AuditQueue);
+
+impl Drop for WriterGone<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.inline = true;
+        st.writing = false;
+        let lost = std::mem::take(&mut st.records);
+        drop(st);
+        self.0.idle.notify_all();
+        if !lost.is_empty() {
+            tracing::error!(records = lost.len(), "the audit writer thread stopped; queued records were not written");
+        }
+    }
+}
+
 impl AuditQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, AuditQueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -810,6 +832,7 @@ impl AuditQueue {
 
     /// The writer thread: until closed, writes whatever is queued, one batch per write.
     fn run(&self) {
+        let _gone = WriterGone(self);
         let mut st = self.lock();
         loop {
             if st.records.is_empty() {
@@ -917,12 +940,19 @@ mod tests {
         }
         drop(Arc::into_inner(group).expect("the only reference"));
         assert_eq!(log.head().seq, (threads * per_thread + 100) as u64);
+        // Without a writer thread a request writes its own record before `submit` returns.
+        let group = AuditGroup::new(log.clone(), metrics);
+        group.shared.lock().inline = true;
+        let before = log.head().seq;
+        group.submit(event(0), None);
+        assert_eq!(log.head().seq, before + 1);
+        drop(group);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files > 1, "64 KiB rotation should have produced rotated files");
         let lines: usize = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().count())
             .sum();
-        assert_eq!(lines, threads * per_thread + 100);
+        assert_eq!(lines, threads * per_thread + 101);
     }
 }
